@@ -1,0 +1,130 @@
+"""Local fan-out: who on this process is subscribed to what.
+
+The hub is separate from the broker (which assigns ids and keeps history) so
+that a clustered broker can reuse it: Redis feeds messages in, the hub hands
+them to local subscriptions. A subscription orders what it is given: while it
+replays history, live messages wait in a list, and anything at or before its
+cursor is dropped, so replay-then-live has no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from pushd.broker.interface import Subscriber
+from pushd.model import Message
+
+class LocalSubscription:
+    """One subscriber on one channel: its position and its replay buffer."""
+
+    __slots__ = ("channel", "subscriber", "last_seq", "active", "_pending", "_hub")
+
+    def __init__(self, hub: Hub, channel: str, subscriber: Subscriber) -> None:
+        self.channel = channel
+        self.subscriber = subscriber
+        self.last_seq = 0
+        self.active = True
+        self._pending: list[Message] | None = []
+        self._hub = hub
+
+    def push(self, message: Message) -> None:
+        """A live message from the hub: deliver it, or hold it during replay."""
+        pending = self._pending
+        if pending is not None:
+            pending.append(message)
+        elif message.seq > self.last_seq:
+            self.last_seq = message.seq
+            self.subscriber.deliver(message)
+
+    def start(
+        self,
+        replay: Iterable[Message] = (),
+        after: int = 0,
+        reset: bool = False,
+        reset_cursor: str | None = None,
+    ) -> None:
+        """Send the notice or replay, then the live messages held meanwhile.
+
+        ``after`` is the cursor's position: nothing at or before it is
+        delivered. Pass ``reset=True`` to send a ``reset`` notice first.
+        """
+        self.last_seq = after
+        if reset and self.active:
+            self.subscriber.reset(self.channel, reset_cursor)
+        for message in replay:
+            if not self.active:
+                return
+            if message.seq > self.last_seq:
+                self.last_seq = message.seq
+                self.subscriber.deliver(message)
+        pending = self._pending or []
+        while pending and self.active:
+            message = pending.pop(0)
+            if message.seq > self.last_seq:
+                self.last_seq = message.seq
+                self.subscriber.deliver(message)
+        self._pending = None
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._hub._remove(self)
+
+    def __repr__(self) -> str:
+        return f"<LocalSubscription {self.channel} at {self.last_seq}>"
+
+
+class Hub:
+    """channel → subscriptions on this process, and the fan-out loop."""
+
+    def __init__(self, on_idle: Callable[[str], None] = lambda channel: None) -> None:
+        self._subs: dict[str, set[LocalSubscription]] = {}
+        self._on_idle = on_idle
+        self.total = 0
+
+    def add(self, channel: str, subscriber: Subscriber) -> LocalSubscription:
+        """Register first, replay after (see :meth:`LocalSubscription.start`)."""
+        sub = LocalSubscription(self, channel, subscriber)
+        self._subs.setdefault(channel, set()).add(sub)
+        self.total += 1
+        return sub
+
+    def fanout(self, message: Message) -> int:
+        """Hand ``message`` to every subscription of its channel; how many."""
+        subs = self._subs.get(message.channel)
+        if not subs:
+            return 0
+        # A delivery may end another subscription (a slow client closed), so
+        # iterate over a snapshot and skip the ones that ended meanwhile.
+        for sub in tuple(subs):
+            if sub.active:
+                sub.push(message)
+        return len(subs)
+
+    def close(self, channel: str) -> int:
+        """End every subscription of ``channel`` with a ``closed`` notice."""
+        subs = self._subs.pop(channel, None)
+        if not subs:
+            return 0
+        self.total -= len(subs)
+        for sub in subs:
+            sub.active = False
+        for sub in subs:
+            sub.subscriber.closed(channel)
+        return len(subs)
+
+    def count(self, channel: str) -> int:
+        return len(self._subs.get(channel, ()))
+
+    def channels(self) -> Iterable[str]:
+        return self._subs.keys()
+
+    def _remove(self, sub: LocalSubscription) -> None:
+        subs = self._subs.get(sub.channel)
+        if subs is None or sub not in subs:
+            return
+        subs.discard(sub)
+        self.total -= 1
+        if not subs:
+            del self._subs[sub.channel]
+            self._on_idle(sub.channel)

@@ -1,0 +1,102 @@
+"""What transports and sources may ask of a broker, and what a subscriber is.
+
+A broker is the only place ids are assigned and history is kept. The memory
+broker answers at once; a Redis broker answers later, so every call that may
+touch storage returns a Deferred. ``subscribe`` does not: it returns a handle
+at once and delivers replay, notices and live messages to the subscriber as
+they become available, which suits both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from twisted.internet.defer import Deferred
+
+from pushd.model import Message
+
+
+class Subscriber(Protocol):
+    """One client's end of a subscription: a transport implements these three.
+
+    They are called on the reactor thread, never re-entered for one
+    subscriber, and must not block: a slow client queues, it does not wait.
+    """
+
+    def deliver(self, message: Message) -> None:
+        """A message after the cursor: replayed or live, in id order, once."""
+
+    def reset(self, channel: str, cursor: str | None) -> None:
+        """The cursor could not be honoured; live messages follow from ``cursor``."""
+
+    def closed(self, channel: str) -> None:
+        """The channel was deleted; the subscription has ended."""
+
+
+class Subscription(Protocol):
+    channel: str
+
+    def cancel(self) -> None:
+        """Stop delivering; safe to call more than once."""
+
+
+@dataclass
+class Page:
+    """A poll's answer: messages after the cursor, and the cursor to send next."""
+
+    messages: list[Message]
+    cursor: str | None
+    reset: bool = False
+
+
+@dataclass
+class ChannelInfo:
+    channel: str
+    last_id: str | None
+    subscribers: int
+    history: int
+
+
+@dataclass
+class BrokerStats:
+    """Counters a metrics exporter reads; the broker only increments them."""
+
+    published: int = 0
+    resets: int = 0
+    channels: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Broker(Protocol):
+    stats: BrokerStats
+
+    def publish(
+        self, channel: str, data: Any, event: str = "message"
+    ) -> Deferred[Message]:
+        """Store and fan out one message. Fails with PushdError on bad names."""
+
+    def publish_many(
+        self, items: Sequence[tuple[str, Any, str]]
+    ) -> Deferred[list[Message]]:
+        """All or nothing: every item is checked before any is stored."""
+
+    def subscribe(
+        self, channel: str, subscriber: Subscriber, since: str | None = None
+    ) -> Subscription:
+        """Replay after ``since`` (or ``reset``), then live; ``None`` is live only."""
+
+    def read(self, channel: str, since: str | None, limit: int) -> Deferred[Page]:
+        """Up to ``limit`` messages after ``since``; the newest ``limit`` without it."""
+
+    def info(self, channel: str) -> Deferred[ChannelInfo | None]:
+        """Channel state, or None when it has neither history nor subscribers."""
+
+    def delete(self, channel: str) -> Deferred[int | None]:
+        """Drop history, tell subscribers ``closed``; the number told, None if unknown."""
+
+    def subscribers(self, channel: str) -> int:
+        """Subscriptions to ``channel`` held on this process."""
+
+    def subscriber_count(self) -> int:
+        """Subscriptions held on this process, all channels."""

@@ -1,0 +1,232 @@
+"""The embedded broker: channels, ids and bounded history in this process.
+
+Ids are ``<epoch>-<seq>``. The epoch is new at every start, so a cursor from
+before a restart is recognised as foreign. ``seq`` comes from one counter for
+the whole broker rather than one per channel: a channel that was freed (no
+history, no subscribers) and is used again starts above every id it ever had,
+so an old cursor can never be mistaken for a position in the new history.
+
+Each channel remembers ``floor``, the position below which it has forgotten
+messages (the last one trimmed, or the counter when it was created). A cursor
+is honoured when ``floor <= seq <= last``; anything else gets a ``reset``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import deque
+from typing import Any, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+from pushd.broker.hub import Hub, LocalSubscription
+from pushd.broker.interface import BrokerStats, ChannelInfo, Page, Subscriber
+from pushd.errors import PushdError
+from pushd.model import Message, check_channel, check_event
+
+_SEQ_RE = re.compile(r"[0-9]{1,19}\Z")
+
+
+class _Channel:
+    __slots__ = ("name", "history", "floor", "last_seq", "last_id")
+
+    def __init__(self, name: str, floor: int) -> None:
+        self.name = name
+        self.history: deque[Message] = deque()
+        self.floor = floor
+        self.last_seq = floor
+        self.last_id: str | None = None
+
+
+class MemoryBroker(Service):
+    """History bounded by ``size`` messages and ``ttl`` seconds per channel."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        size: int = 1000,
+        ttl: float = 3600,
+        epoch: str | None = None,
+        sweep_interval: float = 60.0,
+    ) -> None:
+        self.clock = clock
+        self.size = size
+        self.ttl = ttl
+        self.epoch = epoch or secrets.token_hex(4)
+        self.stats = BrokerStats()
+        self.hub = Hub(on_idle=self._idle)
+        self._channels: dict[str, _Channel] = {}
+        self._seq = 0
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = clock
+        self._sweep_interval = sweep_interval
+
+    # -- service ---------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self._sweeper.start(self._sweep_interval, now=False)
+
+    def stopService(self) -> Deferred[None] | None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        return super().stopService()
+
+    # -- publishing ------------------------------------------------------
+    def publish(self, channel: str, data: Any, event: str = "message") -> Deferred[Message]:
+        try:
+            check_channel(channel)
+            event = check_event(event)
+        except PushdError:
+            return fail()
+        return succeed(self._publish(channel, data, event))
+
+    def publish_many(self, items: Sequence[tuple[str, Any, str]]) -> Deferred[list[Message]]:
+        try:
+            checked = [(check_channel(c), d, check_event(e)) for c, d, e in items]
+        except PushdError:
+            return fail()
+        return succeed([self._publish(c, d, e) for c, d, e in checked])
+
+    def _publish(self, name: str, data: Any, event: str) -> Message:
+        ch = self._channels.get(name)
+        if ch is None:
+            ch = self._create(name)
+        self._seq += 1
+        seq = self._seq
+        now = self.clock.seconds()
+        message = Message(f"{self.epoch}-{seq}", seq, name, event, data, int(now * 1000))
+        ch.last_seq = seq
+        ch.last_id = message.id
+        history = ch.history
+        history.append(message)
+        while len(history) > self.size:
+            ch.floor = history.popleft().seq
+        self._expire(ch, now)
+        self.stats.published += 1
+        self.hub.fanout(message)
+        self._maybe_free(ch)
+        return message
+
+    # -- reading ---------------------------------------------------------
+    def subscribe(
+        self, channel: str, subscriber: Subscriber, since: str | None = None
+    ) -> LocalSubscription:
+        check_channel(channel)
+        ch = self._channels.get(channel) or self._create(channel)
+        self._expire(ch, self.clock.seconds())
+        sub = self.hub.add(channel, subscriber)
+        if since is None:
+            sub.start(after=ch.last_seq)
+            return sub
+        after = self._position(ch, since)
+        if after is None:
+            self.stats.resets += 1
+            sub.start(after=ch.last_seq, reset=True, reset_cursor=ch.last_id)
+        else:
+            sub.start([m for m in ch.history if m.seq > after], after=after)
+        return sub
+
+    def read(self, channel: str, since: str | None, limit: int) -> Deferred[Page]:
+        try:
+            check_channel(channel)
+        except PushdError:
+            return fail()
+        ch = self._channels.get(channel)
+        if ch is not None:
+            self._expire(ch, self.clock.seconds())
+        if since is None:
+            if ch is None:
+                return succeed(Page([], None))
+            messages = list(ch.history)[-limit:] if limit > 0 else []
+            return succeed(Page(messages, ch.last_id))
+        after = self._position(ch, since) if ch is not None else None
+        if after is None:
+            self.stats.resets += 1
+            return succeed(Page([], ch.last_id if ch else None, reset=True))
+        assert ch is not None
+        messages = [m for m in ch.history if m.seq > after][:limit]
+        return succeed(Page(messages, messages[-1].id if messages else since))
+
+    def info(self, channel: str) -> Deferred[ChannelInfo | None]:
+        try:
+            check_channel(channel)
+        except PushdError:
+            return fail()
+        ch = self._channels.get(channel)
+        if ch is not None:
+            self._expire(ch, self.clock.seconds())
+            self._maybe_free(ch)
+            ch = self._channels.get(channel)
+        if ch is None:
+            return succeed(None)
+        return succeed(
+            ChannelInfo(channel, ch.last_id, self.hub.count(channel), len(ch.history))
+        )
+
+    def delete(self, channel: str) -> Deferred[int | None]:
+        try:
+            check_channel(channel)
+        except PushdError:
+            return fail()
+        ch = self._channels.pop(channel, None)
+        if ch is None:
+            return succeed(None)
+        self.stats.channels = len(self._channels)
+        return succeed(self.hub.close(channel))
+
+    def subscribers(self, channel: str) -> int:
+        return self.hub.count(channel)
+
+    def subscriber_count(self) -> int:
+        return self.hub.total
+
+    def history_size(self) -> int:
+        return sum(len(ch.history) for ch in self._channels.values())
+
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    # -- housekeeping ----------------------------------------------------
+    def sweep(self) -> None:
+        """Drop expired history everywhere and free channels left empty."""
+        now = self.clock.seconds()
+        for ch in list(self._channels.values()):
+            self._expire(ch, now)
+            self._maybe_free(ch)
+
+    def _create(self, name: str) -> _Channel:
+        ch = self._channels[name] = _Channel(name, self._seq)
+        self.stats.channels = len(self._channels)
+        return ch
+
+    def _position(self, ch: _Channel, since: str) -> int | None:
+        epoch, sep, tail = since.rpartition("-")
+        if not sep or epoch != self.epoch or not _SEQ_RE.match(tail):
+            return None
+        seq = int(tail)
+        if seq < ch.floor or seq > ch.last_seq:
+            return None
+        return seq
+
+    def _expire(self, ch: _Channel, now: float) -> None:
+        history = ch.history
+        if not history:
+            return
+        oldest = int((now - self.ttl) * 1000)
+        while history and history[0].time < oldest:
+            ch.floor = history.popleft().seq
+
+    def _maybe_free(self, ch: _Channel) -> None:
+        if not ch.history and not self.hub.count(ch.name):
+            if self._channels.get(ch.name) is ch:
+                del self._channels[ch.name]
+                self.stats.channels = len(self._channels)
+
+    def _idle(self, channel: str) -> None:
+        ch = self._channels.get(channel)
+        if ch is not None:
+            self._maybe_free(ch)

@@ -1,0 +1,208 @@
+"""Settings: defaults, the TOML file, then the command line, in that order.
+
+Every setting has one typed home here. The file is checked strictly (unknown
+keys and wrong types are errors that name the key) because a typo that is
+silently ignored is worse than one that stops the daemon at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass
+class History:
+    size: int = 1000  # messages kept per channel
+    ttl: float = 3600.0  # seconds a message is kept
+
+
+@dataclass
+class Limits:
+    message_size: int = 64 * 1024  # largest accepted body or frame, bytes
+    batch_size: int = 1024 * 1024  # largest POST /publish body, bytes
+    queue: int = 1024 * 1024  # bytes queued for one slow connection before it is closed
+
+
+@dataclass
+class Poll:
+    limit: int = 100  # default messages per answer
+    max_limit: int = 1000
+
+
+@dataclass
+class Longpoll:
+    timeout: float = 30.0  # default hold, seconds
+    max_timeout: float = 120.0
+
+
+@dataclass
+class Sse:
+    heartbeat: float = 15.0  # seconds between comment lines
+    retry: int = 3000  # ms, the reconnect delay sent as `retry:`
+
+
+@dataclass
+class Stream:
+    heartbeat: float = 15.0  # seconds between bare newlines
+    max_bytes: int = 8 * 1024 * 1024  # a response ends cleanly past this many body bytes
+
+
+@dataclass
+class Websocket:
+    publish: bool = False  # accept {"type":"publish"} frames
+    deflate: bool = True  # accept permessage-deflate when a client offers it
+    ping_interval: float = 20.0  # seconds; 0 turns auto-ping off
+    ping_timeout: float = 10.0  # seconds without a pong before the peer is dropped
+    max_subscriptions: int = 100  # channels per connection
+
+
+@dataclass
+class Drain:
+    timeout: float = 10.0  # seconds SIGTERM waits for subscriptions to end
+
+
+@dataclass
+class Metrics:
+    listen: str = ""  # an endpoint for /metrics alone; empty: on the main listener
+
+
+@dataclass
+class Web:
+    demo: bool = True  # serve the demo page at /
+
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+SECTIONS = {
+    "history": History,
+    "limits": Limits,
+    "poll": Poll,
+    "longpoll": Longpoll,
+    "sse": Sse,
+    "stream": Stream,
+    "websocket": Websocket,
+    "drain": Drain,
+    "metrics": Metrics,
+    "web": Web,
+}
+
+
+@dataclass
+class Settings:
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    allowed_origins: list[str] = field(default_factory=list)
+    history: History = field(default_factory=History)
+    limits: Limits = field(default_factory=Limits)
+    poll: Poll = field(default_factory=Poll)
+    longpoll: Longpoll = field(default_factory=Longpoll)
+    sse: Sse = field(default_factory=Sse)
+    stream: Stream = field(default_factory=Stream)
+    websocket: Websocket = field(default_factory=Websocket)
+    drain: Drain = field(default_factory=Drain)
+    metrics: Metrics = field(default_factory=Metrics)
+    web: Web = field(default_factory=Web)
+    # Each [[source]] table, checked by the source type that owns it. The
+    # demo ticker runs unless the file says otherwise (`source = []` for none).
+    sources: list[dict[str, Any]] = field(
+        default_factory=lambda: [{"type": "ticker"}]
+    )
+
+
+def _coerce(where: str, value: Any, kind: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                raise ConfigError(f"{where} must not be negative")
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < 0:
+                raise ConfigError(f"{where} must not be negative")
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif kind == list[str]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    name = getattr(kind, "__name__", str(kind)).replace("str", "string")
+    raise ConfigError(f"{where} must be a {name}, not {value!r}")
+
+
+def _section(name: str, cls: type, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    hints = get_type_hints(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in hints:
+            known = ", ".join(hints)
+            raise ConfigError(f"unknown setting [{name}] {key} (known: {known})")
+        values[key] = _coerce(f"[{name}] {key}", value, hints[key])
+    return cls(**values)
+
+
+def parse(data: dict[str, Any]) -> Settings:
+    """Build Settings from a parsed TOML document."""
+    settings = Settings()
+    for key, value in data.items():
+        if key in SECTIONS:
+            setattr(settings, key, _section(key, SECTIONS[key], value))
+        elif key in ("listen", "allowed_origins"):
+            setattr(settings, key, _coerce(key, value, list[str]))
+        elif key == "source":
+            if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                raise ConfigError("source must be a list of [[source]] tables")
+            for i, table in enumerate(value):
+                if not isinstance(table.get("type"), str):
+                    raise ConfigError(f"[[source]] #{i + 1} needs a type")
+            settings.sources = [dict(t) for t in value]
+        else:
+            raise ConfigError(f"unknown setting {key!r}")
+    check(settings)
+    return settings
+
+
+def load(path: str) -> Settings:
+    """Read and check the TOML file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    try:
+        return parse(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def check(settings: Settings) -> None:
+    """Cross-field rules that a type alone cannot say."""
+    if not settings.listen:
+        raise ConfigError("listen needs at least one endpoint")
+    if settings.history.size < 1:
+        raise ConfigError("[history] size must be at least 1")
+    if settings.history.ttl <= 0:
+        raise ConfigError("[history] ttl must be more than 0 seconds")
+    if settings.limits.message_size < 1:
+        raise ConfigError("[limits] message_size must be at least 1 byte")
+    if settings.poll.limit < 1 or settings.poll.limit > settings.poll.max_limit:
+        raise ConfigError("[poll] limit must be between 1 and [poll] max_limit")
+    if settings.sse.heartbeat <= 0 or settings.stream.heartbeat <= 0:
+        raise ConfigError("heartbeat intervals must be more than 0 seconds")
+
+
+def replace(settings: Settings, section: str, **changes: Any) -> None:
+    """Apply command-line overrides to one section, keeping the rest."""
+    setattr(settings, section, dataclasses.replace(getattr(settings, section), **changes))

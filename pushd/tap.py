@@ -1,0 +1,127 @@
+"""``twistd pushd``: command line, settings and the service tree.
+
+This is the one module that resolves the global reactor and wires every
+layer: broker, then sources (which publish into it), then the web site
+(which reads from it), each a child of one MultiService. Nothing listens or
+runs before ``startService``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from pushd import config, sources
+from pushd.broker.memory import MemoryBroker
+from pushd.config import ConfigError, Settings
+from pushd.outlet import Registry
+from pushd.web.app import PushdApp
+from pushd.web.common import Context
+
+
+def _number(kind: type, name: str) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number, not {text!r}") from None
+        if value < 0:
+            raise usage.UsageError(f"--{name} must not be negative")
+        return value
+
+    return convert
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--listen ENDPOINT ...]"
+    longdesc = (
+        "Serve channels over poll, long-poll, HTTP streaming, Server-Sent Events "
+        "and WebSocket from one process. Settings come from the TOML file, and "
+        "the options below override it."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML settings file (see etc/pushd.toml)."],
+        ["history-size", None, None, "Messages kept per channel (default 1000).", _number(int, "history-size")],
+        ["history-ttl", None, None, "Seconds a message is kept (default 3600).", _number(float, "history-ttl")],
+        ["max-message-size", None, None, "Largest accepted message, bytes (default 65536).", _number(int, "max-message-size")],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self.settings = Settings()
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Listen on this Twisted endpoint (repeatable; default
+        tcp:8080:interface=127.0.0.1)."""
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        try:
+            self.settings = self._settings()
+        except ConfigError as e:
+            raise SystemExit(f"pushd: {e}") from None
+
+    def _settings(self) -> Settings:
+        settings = config.load(self["config"]) if self["config"] else Settings()
+        if self["listen"]:
+            settings.listen = list(self["listen"])
+        history = {}
+        if self["history-size"] is not None:
+            history["size"] = self["history-size"]
+        if self["history-ttl"] is not None:
+            history["ttl"] = self["history-ttl"]
+        config.replace(settings, "history", **history)
+        if self["max-message-size"] is not None:
+            config.replace(settings, "limits", message_size=self["max-message-size"])
+        config.check(settings)
+        from twisted.internet import reactor
+
+        for endpoint in settings.listen:
+            try:
+                serverFromString(reactor, endpoint)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(f"listen endpoint {endpoint!r} is not usable: {e}") from None
+        return settings
+
+
+class Daemon(MultiService):
+    """The service tree, with handles on its parts for tests and operations."""
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        self.broker = MemoryBroker(reactor, settings.history.size, settings.history.ttl)
+        self.broker.setServiceParent(self)
+        self.registry = Registry()
+        self.context = Context(self.broker, settings, reactor, self.registry)
+        self.sources = [sources.build(table, self.broker, reactor) for table in settings.sources]
+        for source in self.sources:
+            source.setServiceParent(self)
+        self.web = PushdApp(self.context)
+        self.site = self.web.site()
+        self.listeners = []
+        for endpoint in settings.listen:
+            listener = strports.service(endpoint, self.site, reactor=reactor)
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+
+    def stopService(self) -> Any:
+        self.web.stop()
+        return super().stopService()
+
+
+def makeService(options: Options, reactor: Any = None) -> Daemon:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    try:
+        return Daemon(options.settings, reactor)
+    except ConfigError as e:
+        raise SystemExit(f"pushd: {e}") from None

@@ -1,0 +1,108 @@
+"""The one URL table. Each route parses, calls one module, and returns.
+
+Klein's ``app`` is a class attribute so every :class:`PushdApp` carries its
+own broker and settings (no globals); transports live in their own modules
+and never import each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klein import Klein
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from pushd.errors import PushdError
+from pushd.outlet import Heartbeat
+from pushd.web import longpoll, poll, publish, sse, stream
+from pushd.web.common import Context, error_response, json_response
+from pushd.web.origins import CorsResource, OriginPolicy
+from pushd.web.site import PushdSite
+
+
+class PushdApp:
+    app = Klein()
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.origins = OriginPolicy(ctx.settings.allowed_origins)
+        self.sse_heartbeat = Heartbeat(ctx.clock, ctx.settings.sse.heartbeat)
+        self.stream_heartbeat = Heartbeat(ctx.clock, ctx.settings.stream.heartbeat)
+        self.extra_routes: dict[str, Any] = {}
+
+    # -- operations ------------------------------------------------------
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: Request) -> bytes:
+        return json_response(request, {"status": "ok"})
+
+    # -- publishing ------------------------------------------------------
+    @app.route("/publish", methods=["POST"])
+    def publish_batch(self, request: Request) -> Any:
+        return publish.publish_batch(self.ctx, request)
+
+    @app.route("/channels/<channel>", methods=["POST"])
+    def publish_one(self, request: Request, channel: str) -> Any:
+        return publish.publish_one(self.ctx, request, channel)
+
+    @app.route("/channels/<channel>", methods=["GET"])
+    def info(self, request: Request, channel: str) -> Any:
+        return publish.info(self.ctx, request, channel)
+
+    @app.route("/channels/<channel>", methods=["DELETE"])
+    def delete(self, request: Request, channel: str) -> Any:
+        return publish.delete(self.ctx, request, channel)
+
+    # -- transports ------------------------------------------------------
+    @app.route("/channels/<channel>/poll", methods=["GET"])
+    def poll(self, request: Request, channel: str) -> Any:
+        return poll.poll(self.ctx, request, channel)
+
+    @app.route("/channels/<channel>/longpoll", methods=["GET"])
+    def longpoll(self, request: Request, channel: str) -> Any:
+        return longpoll.longpoll(self.ctx, request, channel)
+
+    @app.route("/channels/<channel>/stream", methods=["GET", "POST"])
+    def stream(self, request: Request, channel: str) -> Any:
+        return stream.stream(self.ctx, request, channel, self.stream_heartbeat)
+
+    @app.route("/channels/<channel>/events", methods=["GET"])
+    def events(self, request: Request, channel: str) -> Any:
+        return sse.events(self.ctx, request, channel, self.sse_heartbeat)
+
+    # -- errors ----------------------------------------------------------
+    @app.handle_errors(PushdError)
+    def pushd_error(self, request: Request, failure: Failure) -> bytes:
+        return error_response(request, failure.value)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: Request, failure: Failure) -> bytes:
+        return error_response(request, PushdError(404, "not_found", "no such URL"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request: Request, failure: Failure) -> bytes:
+        valid = sorted(set(failure.value.valid_methods or ()) - {"HEAD"})
+        request.setHeader(b"Allow", ", ".join(valid).encode())
+        return error_response(
+            request,
+            PushdError(405, "method_not_allowed", f"use {' or '.join(valid)}"),
+        )
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: Request, failure: Failure) -> bytes:
+        e = failure.value
+        return error_response(request, PushdError(e.code or 400, "bad_request", e.description or ""))
+
+    # -- assembly --------------------------------------------------------
+    def resource(self) -> Resource:
+        return CorsResource(self.app.resource(), self.origins)
+
+    def site(self) -> PushdSite:
+        limits = self.ctx.settings.limits
+        return PushdSite(self.resource(), max(limits.message_size, limits.batch_size))
+
+    def stop(self) -> None:
+        self.sse_heartbeat.stop()
+        self.stream_heartbeat.stop()

@@ -1,0 +1,99 @@
+"""Long-polling: ``GET /channels/{ch}/longpoll?since=&timeout=``.
+
+Anything already after ``since`` is answered at once, like a poll. Otherwise
+the request is held as a subscription from the answer's cursor, so a message
+published between the read and the hold is replayed, not lost. It is answered
+by the first message, the timeout, a ``closed`` channel or a drain. A client
+that leaves makes Klein cancel the handler's Deferred; the canceller drops the
+subscription and the timer at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web.server import Request
+
+from pushd.model import Message, check_channel
+from pushd.web.common import Context, arg, json_response, number_arg
+from pushd.wire import poll_body
+
+
+class Waiter:
+    """The broker's subscriber for one held request; answers exactly once."""
+
+    name = "longpoll"
+
+    def __init__(self, ctx: Context, request: Request, channel: str, cursor: str | None) -> None:
+        self.ctx = ctx
+        self.request = request
+        self.channel = channel
+        self.cursor = cursor
+        self.answer: Deferred[bytes] = Deferred(lambda d: self._stop())
+        self.subscription: Any = None
+        self.timer: Any = None
+
+    def hold(self, timeout: float) -> Deferred[bytes]:
+        self.ctx.registry.opened(self.name, self)
+        self.timer = self.ctx.clock.callLater(timeout, self.end_politely)
+        sub = self.ctx.broker.subscribe(self.channel, self, self.cursor)
+        if self.answer.called:  # answered during the replay itself
+            sub.cancel()
+        else:
+            self.subscription = sub
+        return self.answer
+
+    def deliver(self, message: Message) -> None:
+        self.ctx.registry.deliveries[self.name] += 1
+        self._answer(poll_body([message], message.id))
+
+    def reset(self, channel: str, cursor: str | None) -> None:
+        self.ctx.registry.resets[self.name] += 1
+        self._answer(poll_body([], cursor, reset=True))
+
+    def closed(self, channel: str) -> None:
+        self.subscription = None
+        self._answer(poll_body([], self.cursor, closed=True))
+
+    def end_politely(self) -> None:
+        """Timeout or drain: nothing new, here is the same cursor."""
+        self.timer = None
+        self._answer(poll_body([], self.cursor))
+
+    def _answer(self, body: bytes) -> None:
+        if self._stop():
+            self.answer.callback(json_response(self.request, body))
+
+    def _stop(self) -> bool:
+        if self.answer.called:
+            return False
+        self.ctx.registry.closed(self.name, self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.subscription is not None:
+            self.subscription.cancel()
+            self.subscription = None
+        return True
+
+
+async def longpoll(ctx: Context, request: Request, channel: str) -> bytes:
+    check_channel(channel)
+    since = arg(request, "since") or None
+    settings = ctx.settings.longpoll
+    timeout = number_arg(request, "timeout", settings.timeout, 0, settings.max_timeout)
+    limit = ctx.settings.poll.max_limit
+    request.setHeader(b"Cache-Control", b"no-cache")
+    # Without a cursor a long-poll waits for the next message: ask only for
+    # the current position, not for history.
+    page = await ctx.broker.read(channel, since, limit if since else 0)
+    if page.reset:
+        ctx.registry.resets["longpoll"] += 1
+        return json_response(request, poll_body([], page.cursor, reset=True))
+    if page.messages:
+        ctx.registry.deliveries["longpoll"] += len(page.messages)
+        return json_response(request, poll_body(page.messages, page.cursor))
+    if ctx.registry.draining or timeout == 0:
+        return json_response(request, poll_body([], page.cursor))
+    return await Waiter(ctx, request, channel, page.cursor).hold(timeout)

@@ -1,0 +1,95 @@
+"""The publish API: POST a message, POST a batch, GET and DELETE a channel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.server import Request
+
+from pushd.errors import PushdError, bad_request
+from pushd.model import check_channel, check_event, loads_json, parse_body
+from pushd.web.common import Context, arg, body, header, json_response
+from pushd.wire import dumps
+
+
+async def publish_one(ctx: Context, request: Request, channel: str) -> bytes:
+    check_channel(channel)
+    event = check_event(arg(request, "event"))
+    limit = ctx.settings.limits.message_size
+    data = parse_body(body(request, limit), header(request, "content-type"))
+    message = await ctx.broker.publish(channel, data, event)
+    return json_response(
+        request,
+        {
+            "id": message.id,
+            "channel": channel,
+            "subscribers": ctx.broker.subscribers(channel),
+        },
+        201,
+    )
+
+
+def _batch_items(raw: bytes, message_size: int) -> list[tuple[str, Any, str]]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("bad_utf8", "the body is not valid UTF-8") from None
+    items = loads_json(text)
+    if not isinstance(items, list) or not items:
+        raise bad_request("bad_batch", "the body must be a non-empty JSON array")
+    out = []
+    for i, item in enumerate(items):
+        where = f"item {i}"
+        if not isinstance(item, dict) or "channel" not in item or "data" not in item:
+            raise bad_request("bad_batch", f"{where} needs channel and data")
+        unknown = set(item) - {"channel", "data", "event"}
+        if unknown:
+            raise bad_request("bad_batch", f"{where} has unknown key {sorted(unknown)[0]!r}")
+        try:
+            channel = check_channel(item["channel"])
+            event = check_event(item.get("event"))
+        except PushdError as e:
+            raise bad_request(e.code, f"{where}: {e.message}") from None
+        if len(_size(item["data"])) > message_size:
+            raise PushdError(413, "too_large", f"{where} is larger than {message_size} bytes")
+        out.append((channel, item["data"], event))
+    return out
+
+
+def _size(data: Any) -> bytes:
+    return data.encode() if isinstance(data, str) else dumps(data)
+
+
+async def publish_batch(ctx: Context, request: Request) -> bytes:
+    limits = ctx.settings.limits
+    items = _batch_items(body(request, limits.batch_size), limits.message_size)
+    messages = await ctx.broker.publish_many(items)
+    return json_response(
+        request,
+        {"messages": [{"id": m.id, "channel": m.channel} for m in messages]},
+        201,
+    )
+
+
+async def info(ctx: Context, request: Request, channel: str) -> bytes:
+    check_channel(channel)
+    found = await ctx.broker.info(channel)
+    if found is None:
+        raise PushdError(404, "not_found", f"channel {channel!r} has no history and no subscribers")
+    return json_response(
+        request,
+        {
+            "channel": found.channel,
+            "last_id": found.last_id,
+            "subscribers": found.subscribers,
+            "history": found.history,
+        },
+    )
+
+
+async def delete(ctx: Context, request: Request, channel: str) -> bytes:
+    check_channel(channel)
+    told = await ctx.broker.delete(channel)
+    if told is None:
+        raise PushdError(404, "not_found", f"channel {channel!r} does not exist")
+    return json_response(request, {"channel": channel, "deleted": True, "subscribers": told})

@@ -1,0 +1,138 @@
+"""Each message encoded once per wire format, cached on the message.
+
+Fan-out writes the same bytes to every subscriber of a format; nothing here
+runs per subscriber. Formats ending in ``+chunk`` are the same bytes already
+framed as one HTTP/1.1 chunk, so a streaming response can hand them straight
+to its connection.
+
+SSE follows the WHATWG EventSource parsing rules: every line of a payload
+(split on CRLF, CR or LF) becomes its own ``data:`` line, so no payload can
+start a field or an event, and the browser rebuilds it with LF line ends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+from pushd.model import DEFAULT_EVENT, Message
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_LINES = re.compile(r"\r\n|\r|\n")
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON, the one JSON encoding pushd writes."""
+    return _dumps(value).encode("utf-8")
+
+
+def chunk(data: bytes) -> bytes:
+    """Frame ``data`` as one HTTP/1.1 chunk (never pass empty bytes)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def payload_text(data: Any) -> str:
+    """The text a browser sees as ``event.data``: text as is, JSON as JSON text."""
+    return data if isinstance(data, str) else _dumps(data)
+
+
+def _sse_data(text: str) -> bytes:
+    return "".join(["data: " + line + "\n" for line in _LINES.split(text)]).encode()
+
+
+def sse_frame(
+    data_text: str, event: str | None = None, id: str | None = None
+) -> bytes:
+    """One SSE event; ``event`` None or ``message`` adds no ``event:`` line."""
+    head = ""
+    if id is not None:
+        head += "id: " + id + "\n"
+    if event is not None and event != DEFAULT_EVENT:
+        head += "event: " + event + "\n"
+    return head.encode() + _sse_data(data_text) + b"\n"
+
+
+def _json(m: Message) -> bytes:
+    return dumps(m.as_dict())
+
+
+def _typed(m: Message) -> bytes:
+    obj = {"type": "message"}
+    obj.update(m.as_dict())
+    return dumps(obj)
+
+
+def _ndjson(m: Message) -> bytes:
+    return encode(m, "typed") + b"\n"
+
+
+def _sse(m: Message) -> bytes:
+    return sse_frame(payload_text(m.data), m.event, m.id)
+
+
+def _sse_envelope(m: Message) -> bytes:
+    return sse_frame(encode(m, "json").decode(), None, m.id)
+
+
+ENCODERS: dict[str, Callable[[Message], bytes]] = {
+    "json": _json,  # the message object (poll, long-poll)
+    "typed": _typed,  # {"type":"message",...}: a WebSocket text frame
+    "ndjson": _ndjson,  # one line of an HTTP stream
+    "sse": _sse,
+    "sse-env": _sse_envelope,
+}
+
+
+def encode(message: Message, fmt: str) -> bytes:
+    """The bytes of ``message`` in ``fmt``, computed on first use only."""
+    cache = message.encoded
+    try:
+        return cache[fmt]  # type: ignore[no-any-return]
+    except KeyError:
+        pass
+    if fmt.endswith("+chunk"):
+        data = chunk(encode(message, fmt[:-6]))
+    else:
+        data = ENCODERS[fmt](message)
+    cache[fmt] = data
+    return data
+
+
+# -- notices ---------------------------------------------------------------
+def reset_object(channel: str, cursor: str | None) -> dict[str, Any]:
+    return {"type": "reset", "channel": channel, "cursor": cursor}
+
+
+def closed_object(channel: str) -> dict[str, Any]:
+    return {"type": "closed", "channel": channel}
+
+
+def sse_reset(channel: str, cursor: str | None) -> bytes:
+    """``event: reset``; ``id:`` moves the browser's Last-Event-ID to ``cursor``."""
+    body = dumps({"channel": channel, "cursor": cursor}).decode()
+    return sse_frame(body, "reset", cursor)
+
+
+def sse_closed(channel: str) -> bytes:
+    return sse_frame(dumps({"channel": channel}).decode(), "closed")
+
+
+def sse_retry(ms: int) -> bytes:
+    return b"retry: %d\n\n" % ms
+
+
+def poll_body(
+    messages: list[Message],
+    cursor: str | None,
+    reset: bool = False,
+    closed: bool = False,
+) -> bytes:
+    """``{"messages": [...], "cursor": ...}`` from each message's cached JSON."""
+    out = b'{"messages":[' + b",".join([encode(m, "json") for m in messages])
+    out += b'],"cursor":' + dumps(cursor)
+    if reset:
+        out += b',"reset":true'
+    if closed:
+        out += b',"closed":true'
+    return out + b"}"
