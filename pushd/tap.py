@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.python import usage
 
 from pushd import config, sources
@@ -89,6 +90,42 @@ class Options(usage.Options):
         return settings
 
 
+class Listener(Service):
+    """One endpoint string listening with the site.
+
+    Like ``strports.service``, but it keeps the listening port and a
+    Deferred that fires once it is up, which readiness (``/readyz``,
+    systemd's ``READY=1``) and tests (the port of ``tcp:0``) need.
+    """
+
+    def __init__(self, description: str, factory: IProtocolFactory, reactor: Any) -> None:
+        self.description = description
+        self.factory = factory
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+        self.ready: Deferred[IListeningPort] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = serverFromString(self.reactor, self.description)
+        d = endpoint.listen(self.factory)
+        failures: list[Any] = []
+        d.addCallbacks(self._listening, failures.append)
+        if failures:  # e.g. the port is taken: fail start-up loudly, at once
+            failures[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        self.ready.callback(port)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()  # type: ignore[no-any-return]
+        return None
+
+
 class Daemon(MultiService):
     """The service tree, with handles on its parts for tests and operations."""
 
@@ -105,11 +142,13 @@ class Daemon(MultiService):
             source.setServiceParent(self)
         self.web = PushdApp(self.context)
         self.site = self.web.site()
-        self.listeners = []
-        for endpoint in settings.listen:
-            listener = strports.service(endpoint, self.site, reactor=reactor)
+        self.listeners = [Listener(e, self.site, reactor) for e in settings.listen]
+        for listener in self.listeners:
             listener.setServiceParent(self)
-            self.listeners.append(listener)
+
+    def ready(self) -> Deferred[Any]:
+        """Fires once every listener is up."""
+        return DeferredList([listener.ready for listener in self.listeners], fireOnOneErrback=True)
 
     def stopService(self) -> Any:
         self.web.stop()
