@@ -109,9 +109,7 @@ class Settings:
     web: Web = field(default_factory=Web)
     # Each [[source]] table, checked by the source type that owns it. The
     # demo ticker runs unless the file says otherwise (`source = []` for none).
-    sources: list[dict[str, Any]] = field(
-        default_factory=lambda: [{"type": "ticker"}]
-    )
+    sources: list[dict[str, Any]] = field(default_factory=lambda: [{"type": "ticker"}])
 
 
 def _coerce(where: str, value: Any, kind: Any) -> Any:

@@ -34,9 +34,7 @@ def check_event(name: object) -> str:
     if name is None:
         return DEFAULT_EVENT
     if not isinstance(name, str) or not EVENT_RE.match(name):
-        raise bad_request(
-            "bad_event", "event names are 1-64 characters of A-Z a-z 0-9 _ . : -"
-        )
+        raise bad_request("bad_event", "event names are 1-64 characters of A-Z a-z 0-9 _ . : -")
     if name in RESERVED_EVENTS:
         raise bad_request("reserved_event", f"event {name!r} is reserved for pushd")
     return name
@@ -88,11 +86,9 @@ class Message:
     message is encoded once per format however many subscribers it reaches.
     """
 
-    __slots__ = ("id", "seq", "channel", "event", "data", "time", "encoded")
+    __slots__ = ("channel", "data", "encoded", "event", "id", "seq", "time")
 
-    def __init__(
-        self, id: str, seq: int, channel: str, event: str, data: Any, time: int
-    ) -> None:
+    def __init__(self, id: str, seq: int, channel: str, event: str, data: Any, time: int) -> None:
         self.id = id
         self.seq = seq
         self.channel = channel

@@ -33,15 +33,15 @@ class Outlet:
     """
 
     __slots__ = (
-        "transport",
+        "__weakref__",
+        "ended",
         "limit",
+        "on_overflow",
         "paused",
         "queue",
         "queued",
         "sent",
-        "ended",
-        "on_overflow",
-        "__weakref__",
+        "transport",
     )
 
     def __init__(

@@ -46,9 +46,27 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "TOML settings file (see etc/pushd.toml)."],
-        ["history-size", None, None, "Messages kept per channel (default 1000).", _number(int, "history-size")],
-        ["history-ttl", None, None, "Seconds a message is kept (default 3600).", _number(float, "history-ttl")],
-        ["max-message-size", None, None, "Largest accepted message, bytes (default 65536).", _number(int, "max-message-size")],
+        [
+            "history-size",
+            None,
+            None,
+            "Messages kept per channel (default 1000).",
+            _number(int, "history-size"),
+        ],
+        [
+            "history-ttl",
+            None,
+            None,
+            "Seconds a message is kept (default 3600).",
+            _number(float, "history-ttl"),
+        ],
+        [
+            "max-message-size",
+            None,
+            None,
+            "Largest accepted message, bytes (default 65536).",
+            _number(int, "max-message-size"),
+        ],
     ]
 
     def __init__(self) -> None:

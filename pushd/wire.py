@@ -41,9 +41,7 @@ def _sse_data(text: str) -> bytes:
     return "".join(["data: " + line + "\n" for line in _LINES.split(text)]).encode()
 
 
-def sse_frame(
-    data_text: str, event: str | None = None, id: str | None = None
-) -> bytes:
+def sse_frame(data_text: str, event: str | None = None, id: str | None = None) -> bytes:
     """One SSE event; ``event`` None or ``message`` adds no ``event:`` line."""
     head = ""
     if id is not None:

@@ -14,10 +14,11 @@ from typing import Callable, Iterable
 from pushd.broker.interface import Subscriber
 from pushd.model import Message
 
+
 class LocalSubscription:
     """One subscriber on one channel: its position and its replay buffer."""
 
-    __slots__ = ("channel", "subscriber", "last_seq", "active", "_pending", "_hub")
+    __slots__ = ("_hub", "_pending", "active", "channel", "last_seq", "subscriber")
 
     def __init__(self, hub: Hub, channel: str, subscriber: Subscriber) -> None:
         self.channel = channel

@@ -71,14 +71,10 @@ class BrokerStats:
 class Broker(Protocol):
     stats: BrokerStats
 
-    def publish(
-        self, channel: str, data: Any, event: str = "message"
-    ) -> Deferred[Message]:
+    def publish(self, channel: str, data: Any, event: str = "message") -> Deferred[Message]:
         """Store and fan out one message. Fails with PushdError on bad names."""
 
-    def publish_many(
-        self, items: Sequence[tuple[str, Any, str]]
-    ) -> Deferred[list[Message]]:
+    def publish_many(self, items: Sequence[tuple[str, Any, str]]) -> Deferred[list[Message]]:
         """All or nothing: every item is checked before any is stored."""
 
     def subscribe(

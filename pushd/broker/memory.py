@@ -32,7 +32,7 @@ _SEQ_RE = re.compile(r"[0-9]{1,19}\Z")
 
 
 class _Channel:
-    __slots__ = ("name", "history", "floor", "last_seq", "last_id")
+    __slots__ = ("floor", "history", "last_id", "last_seq", "name")
 
     def __init__(self, name: str, floor: int) -> None:
         self.name = name
@@ -163,9 +163,7 @@ class MemoryBroker(Service):
             ch = self._channels.get(channel)
         if ch is None:
             return succeed(None)
-        return succeed(
-            ChannelInfo(channel, ch.last_id, self.hub.count(channel), len(ch.history))
-        )
+        return succeed(ChannelInfo(channel, ch.last_id, self.hub.count(channel), len(ch.history)))
 
     def delete(self, channel: str) -> Deferred[int | None]:
         try:

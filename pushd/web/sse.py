@@ -51,4 +51,3 @@ def events(
     streamer = SseStreamer(ctx, request, channel, fmt, heartbeat)
     streamer.write(sse_retry(ctx.settings.sse.retry))
     return streamer.subscribe(since or None)
-

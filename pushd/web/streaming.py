@@ -130,7 +130,8 @@ class Streamer:
         self.ctx.registry.dropped[self.name] += 1
         self.log.info(
             "dropped a slow {transport} client on {channel}",
-            transport=self.name, channel=self.channel,
+            transport=self.name,
+            channel=self.channel,
         )
         self._stop()
 
