@@ -17,6 +17,10 @@ from pushd.config import ConfigError
 
 TYPES = {
     "ticker": "pushd.sources.ticker",
+    "exec": "pushd.sources.exec",
+    "file": "pushd.sources.file",
+    "http": "pushd.sources.http",
+    "redis": "pushd.sources.redis",
 }
 
 

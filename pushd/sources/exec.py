@@ -95,6 +95,7 @@ class Exec(Restarting):
         self.cwd = cwd
         self.stop_timeout = stop_timeout
         self.transport: IProcessTransport | None = None
+        self.last_exit: str | None = None
         self._kill: IDelayedCall | None = None
 
     @property
@@ -115,6 +116,7 @@ class Exec(Restarting):
 
     def _gone(self, result: Any) -> Any:
         self.transport = None
+        self.last_exit = result if isinstance(result, str) else None
         if self._kill is not None and self._kill.active():
             self._kill.cancel()
         self._kill = None
