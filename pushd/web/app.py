@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pushd.errors import PushdError
 from pushd.outlet import Heartbeat
-from pushd.web import longpoll, poll, publish, sse, stream
+from pushd.web import longpoll, poll, publish, sse, stream, ws
 from pushd.web.common import Context, error_response, json_response
 from pushd.web.origins import CorsResource, OriginPolicy
 from pushd.web.site import PushdSite
@@ -31,6 +31,7 @@ class PushdApp:
         self.origins = OriginPolicy(ctx.settings.allowed_origins)
         self.sse_heartbeat = Heartbeat(ctx.clock, ctx.settings.sse.heartbeat)
         self.stream_heartbeat = Heartbeat(ctx.clock, ctx.settings.stream.heartbeat)
+        self.ws_factory = ws.WsFactory(ctx, self.origins)
         self.extra_routes: dict[str, Any] = {}
 
     # -- operations ------------------------------------------------------
@@ -71,6 +72,14 @@ class PushdApp:
     @app.route("/channels/<channel>/events", methods=["GET"])
     def events(self, request: Request, channel: str) -> Any:
         return sse.events(self.ctx, request, channel, self.sse_heartbeat)
+
+    @app.route("/ws", methods=["GET"])
+    def websocket(self, request: Request) -> Any:
+        return ws.resource(self.ws_factory)
+
+    @app.route("/channels/<channel>/ws", methods=["GET"])
+    def channel_websocket(self, request: Request, channel: str) -> Any:
+        return ws.resource(self.ws_factory, channel)
 
     # -- errors ----------------------------------------------------------
     @app.handle_errors(PushdError)

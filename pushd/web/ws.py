@@ -1,0 +1,454 @@
+"""WebSocket: ``/ws`` and ``/channels/{ch}/ws``, JSON text frames, many channels.
+
+Autobahn owns the WebSocket protocol itself (handshake, framing, UTF-8
+validation, size limits, close codes, auto-ping); this module only parses a
+frame into a command, acts on it, and encodes the answer with :mod:`pushd.wire`.
+
+Each channel a connection follows is its own broker subscription with its own
+cursor (a :class:`ChannelFeed`), so every channel keeps the promise of the
+other transports: replay, then live, no gap, no duplicate.
+
+Every frame pushd writes goes through one :class:`~pushd.outlet.Outlet` per
+connection, registered as the connection's push producer, so a client that
+stops reading is dropped once its bounded queue is full, like the HTTP
+streams. A message is framed once for every connection that did not
+negotiate permessage-deflate (Autobahn's ``PreparedMessage``, cached on the
+message), and compressed per connection only for those that did.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from pushd.errors import PushdError, bad_request
+from pushd.model import Message, check_channel, check_event, loads_json
+from pushd.outlet import Outlet
+from pushd.web.common import Context
+from pushd.web.origins import OriginPolicy
+from pushd.wire import closed_object, dumps, encode, reset_object
+
+TRANSPORT = "ws"
+PREPARED = "ws-prepared"  # key of the PreparedMessage in Message.encoded
+
+
+# -- parse ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Subscribe:
+    channel: str
+    since: str | None
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    channel: str
+
+
+@dataclass(frozen=True)
+class Publish:
+    channel: str
+    data: Any
+    event: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+Command = Subscribe | Unsubscribe | Publish | Ping
+
+# The fields each command may carry: an unknown one (a typo such as "sinse")
+# is an error rather than silently ignored.
+_FIELDS = {
+    "subscribe": frozenset({"type", "channel", "since"}),
+    "unsubscribe": frozenset({"type", "channel"}),
+    "publish": frozenset({"type", "channel", "data", "event"}),
+    "ping": frozenset({"type"}),
+}
+
+
+def _bad_frame(message: str) -> PushdError:
+    return bad_request("bad_frame", message)
+
+
+def parse_command(payload: bytes, is_binary: bool) -> Command:
+    """One client frame as a command, or a PushdError naming what is wrong."""
+    if is_binary:
+        raise bad_request("binary_not_supported", "send JSON text frames, not binary")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:  # Autobahn closes with 1007 first; kept for safety
+        raise bad_request("bad_utf8", "the frame is not valid UTF-8") from None
+    obj = loads_json(text)
+    if not isinstance(obj, dict):
+        raise _bad_frame('a frame is a JSON object with a "type"')
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise _bad_frame('a frame needs a "type" string')
+    allowed = _FIELDS.get(kind)
+    if allowed is None:
+        raise bad_request(
+            "unknown_type", f"unknown type {kind[:40]!r}: use {', '.join(_FIELDS)}"
+        )
+    unknown = sorted(obj.keys() - allowed)
+    if unknown:
+        raise _bad_frame(f"unknown field {unknown[0][:40]!r} in {kind}")
+    if kind == "ping":
+        return Ping()
+    channel = check_channel(obj.get("channel"))
+    if kind == "subscribe":
+        since = obj.get("since")
+        if since is not None and not isinstance(since, str):
+            raise _bad_frame("since must be a message id (a string) or null")
+        return Subscribe(channel, since or None)
+    if kind == "unsubscribe":
+        return Unsubscribe(channel)
+    if "data" not in obj:
+        raise _bad_frame("publish needs data")
+    return Publish(channel, obj["data"], check_event(obj.get("event")))
+
+
+def error_object(error: PushdError) -> dict[str, Any]:
+    return {"type": "error", "code": error.code, "message": error.message}
+
+
+PONG = dumps({"type": "pong"})
+
+
+def prepared(factory: WebSocketServerFactory, message: Message) -> PreparedMessage:
+    """``message`` as one unmasked text frame, framed once and cached on it."""
+    cache = message.encoded
+    frame = cache.get(PREPARED)
+    if frame is None:
+        frame = cache[PREPARED] = factory.prepareMessage(encode(message, "typed"))
+    return frame  # type: ignore[no-any-return]
+
+
+# -- the broker's subscriber, one per (connection, channel) ---------------------
+class ChannelFeed:
+    """One channel of one connection: the broker delivers here."""
+
+    __slots__ = ("channel", "conn", "subscription")
+
+    def __init__(self, conn: WsProtocol, channel: str) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.subscription: Any = None
+
+    def deliver(self, message: Message) -> None:
+        self.conn.send_message(message)
+
+    def reset(self, channel: str, cursor: str | None) -> None:
+        self.conn.ctx.registry.resets[TRANSPORT] += 1
+        self.conn.send_json(reset_object(channel, cursor))
+
+    def closed(self, channel: str) -> None:
+        self.subscription = None  # the hub has already ended it
+        self.conn.feed_closed(self)
+
+    def cancel(self) -> None:
+        if self.subscription is not None:
+            self.subscription.cancel()
+            self.subscription = None
+
+
+# -- the connection ---------------------------------------------------------------
+class WsProtocol(WebSocketServerProtocol):
+    """One WebSocket client: parse a frame, act on it, encode the answer."""
+
+    factory: WsFactory
+    log = Logger()
+    url_channel: str | None = None  # set for /channels/{ch}/ws
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feeds: dict[str, ChannelFeed] = {}
+        self.outlet: Outlet | None = None
+        self.deflate = False
+        self.ended = False
+        self._open_since: str | None = None
+        self._through_outlet = False
+
+    @property
+    def ctx(self) -> Context:
+        return self.factory.ctx
+
+    # -- handshake and lifetime --------------------------------------------
+    def onConnect(self, request: ConnectionRequest) -> None:
+        # request.host has lost its port; the policy compares host:port.
+        host = request.headers.get("host")
+        if not self.factory.origins.allows(request.origin or None, host):
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        since = request.params.get("since")
+        self._open_since = since[0] if since and since[0] else None
+        return None
+
+    def onOpen(self) -> None:
+        self.deflate = self._perMessageCompress is not None
+        transport = self.transport
+        # The HTTP channel that parsed the handshake is still the transport's
+        # producer; the outlet takes its place so a slow reader pauses us.
+        transport.unregisterProducer()
+        self.outlet = Outlet(transport, self.ctx.settings.limits.queue, self._overflowed)
+        transport.registerProducer(self.outlet, True)
+        self.ctx.registry.opened(TRANSPORT, self)
+        if self.url_channel is not None:
+            self.act(Subscribe(self.url_channel, self._open_since))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            self.act(parse_command(payload, isBinary))
+        except PushdError as e:
+            self.send_json(error_object(e))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._stop()
+
+    def end_politely(self) -> None:
+        """Drain: end every subscription and close with 1001 (going away)."""
+        if self.outlet is not None:
+            self.outlet.flush()
+        self._stop()
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            # sendClose() refuses 1001; the frame-level call allows it.
+            self.sendCloseFrame(code=1001, reasonUtf8=b"server going away", isReply=False)
+
+    # -- act ------------------------------------------------------------------
+    def act(self, command: Command) -> None:
+        """Carry out one command; a PushdError becomes an error frame."""
+        match command:
+            case Subscribe(channel, since):
+                self.subscribe(channel, since)
+            case Unsubscribe(channel):
+                self.unsubscribe(channel)
+            case Publish(channel, data, event):
+                self.publish(channel, data, event)
+            case Ping():
+                self.send_payload(PONG)
+
+    def subscribe(self, channel: str, since: str | None) -> None:
+        if channel in self.feeds:
+            raise PushdError(409, "already_subscribed", f"already subscribed to {channel}")
+        limit = self.ctx.settings.websocket.max_subscriptions
+        if limit and len(self.feeds) >= limit:
+            raise PushdError(
+                429, "too_many_subscriptions", f"at most {limit} channels per connection"
+            )
+        feed = self.feeds[channel] = ChannelFeed(self, channel)
+        subscription = self.ctx.broker.subscribe(channel, feed, since)
+        if self.ended or self.feeds.get(channel) is not feed:
+            subscription.cancel()  # dropped during its own replay (slow client)
+        else:
+            feed.subscription = subscription
+
+    def unsubscribe(self, channel: str) -> None:
+        feed = self.feeds.pop(channel, None)
+        if feed is None:
+            raise PushdError(404, "not_subscribed", f"not subscribed to {channel}")
+        feed.cancel()
+
+    def publish(self, channel: str, data: Any, event: str) -> None:
+        if not self.ctx.settings.websocket.publish:
+            raise PushdError(
+                403, "forbidden", "publishing over WebSocket is off ([websocket] publish)"
+            )
+        d: Deferred[Message] = self.ctx.broker.publish(channel, data, event)
+        d.addErrback(self._publish_failed)
+
+    def _publish_failed(self, failure: Failure) -> None:
+        if failure.check(PushdError):
+            self.send_json(error_object(failure.value))
+            return
+        self.log.failure("publishing over WebSocket failed", failure)
+        self.send_json(error_object(PushdError(500, "internal", "publishing failed")))
+
+    def feed_closed(self, feed: ChannelFeed) -> None:
+        if self.feeds.get(feed.channel) is feed:
+            del self.feeds[feed.channel]
+        self.send_json(closed_object(feed.channel))
+
+    # -- encode and write -----------------------------------------------------
+    def _writable(self) -> bool:
+        return not self.ended and self.state == WebSocketProtocol.STATE_OPEN
+
+    def send_message(self, message: Message) -> None:
+        """One broker message: the shared frame, or compressed for this client."""
+        if not self._writable():
+            return
+        if self.deflate:
+            self.send_payload(encode(message, "typed"))
+        else:
+            assert self.outlet is not None
+            self.outlet.write(prepared(self.factory, message).payloadHybi)
+        self.ctx.registry.deliveries[TRANSPORT] += 1
+
+    def send_json(self, obj: dict[str, Any]) -> None:
+        self.send_payload(dumps(obj))
+
+    def send_payload(self, payload: bytes) -> None:
+        """Frame ``payload`` for this connection alone (notices, deflate)."""
+        if self._writable():
+            with self._outgoing():
+                self.sendMessage(payload)
+
+    @contextmanager
+    def _outgoing(self) -> Iterator[None]:
+        """Route Autobahn's own framing through the outlet, without its size cap.
+
+        ``maxMessagePayloadSize`` guards what a client may send us; Autobahn
+        also applies it to what we send, which would refuse a message the
+        broker accepted (the envelope adds bytes to its data) after the
+        compressor had already taken it in.
+        """
+        limit = self.maxMessagePayloadSize
+        self._through_outlet = True
+        self.maxMessagePayloadSize = 0
+        try:
+            yield
+        finally:
+            self._through_outlet = False
+            self.maxMessagePayloadSize = limit
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Our frames queue in the outlet; Autobahn's control frames go direct."""
+        if self._through_outlet and self.outlet is not None:
+            self.outlet.write(data)
+        else:
+            super().sendData(data, sync, chopsize)
+
+    # -- ending ---------------------------------------------------------------
+    def _overflowed(self) -> None:
+        self.ctx.registry.dropped[TRANSPORT] += 1
+        self.log.info("dropped a slow WebSocket client ({peer})", peer=self.peer)
+        self._stop()
+
+    def _stop(self) -> None:
+        """End every subscription and leave the registry; safe to repeat."""
+        if self.ended:
+            return
+        self.ended = True
+        feeds, self.feeds = self.feeds, {}
+        for feed in feeds.values():
+            feed.cancel()
+        if self.outlet is not None:
+            self.ctx.registry.bytes_sent[TRANSPORT] += self.outlet.sent
+            self.outlet.end()
+        self.ctx.registry.closed(TRANSPORT, self)
+
+
+def _accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
+def _refuse_compression(offers: list[Any]) -> None:
+    return None
+
+
+class _Call:
+    """A timer Autobahn may cancel after it fired (it sometimes does)."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: IDelayedCall) -> None:
+        self.call = call
+
+    def cancel(self) -> None:
+        if self.call.active():
+            self.call.cancel()
+
+
+class _Timers:
+    """Autobahn's handshake, close and auto-ping timers, on our clock.
+
+    Autobahn's default (txaio's batched timer) reads the global reactor and
+    rounds every deadline down to a whole second: a 0.5 s ping timeout fires
+    at once, and any timeout may fire up to a second early. This replaces
+    the factory's ``_batched_timer``, which is all Autobahn asks of it.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+
+    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kw: Any) -> _Call:
+        return _Call(self.clock.callLater(delay, func, *args, **kw))
+
+
+class WsFactory(WebSocketServerFactory):
+    """One per daemon: the settings every connection shares."""
+
+    protocol = WsProtocol
+
+    def __init__(self, ctx: Context, origins: OriginPolicy) -> None:
+        super().__init__(reactor=ctx.clock)
+        self._batched_timer = _Timers(ctx.clock)
+        self.ctx = ctx
+        self.origins = origins
+        ws, limits = ctx.settings.websocket, ctx.settings.limits
+        self.setProtocolOptions(
+            webStatus=False,  # a plain GET gets 426, not Autobahn's HTML page
+            maxFramePayloadSize=limits.message_size,
+            maxMessagePayloadSize=limits.message_size,
+            # Close protocol violations with their code (1002, 1007, 1009)
+            # instead of dropping TCP, so a client can tell what it did.
+            failByDrop=False,
+            autoPingInterval=ws.ping_interval,
+            autoPingTimeout=ws.ping_timeout if ws.ping_interval else 0,
+            perMessageCompressionAccept=_accept_deflate if ws.deflate else _refuse_compression,
+            # Origins are checked in onConnect against our policy; Autobahn's
+            # own check (allowedOrigins stays "*") must not refuse "null" first.
+            allowNullOrigin=True,
+        )
+
+
+class _Opening:
+    """What WebSocketResource needs of a factory, for one handshake.
+
+    It tells the protocol which channel the URL named; Autobahn parses the
+    request again itself and would not know Klein's route.
+    """
+
+    def __init__(self, factory: WsFactory, channel: str | None) -> None:
+        self.factory = factory
+        self.channel = channel
+
+    def buildProtocol(self, addr: Any) -> WsProtocol:
+        proto: WsProtocol = self.factory.buildProtocol(addr)
+        proto.url_channel = self.channel
+        return proto
+
+
+class WsResource(WebSocketResource):
+    """Hands the request's connection to Autobahn."""
+
+    def render(self, request: Request) -> Any:
+        # The HTTP channel keeps its idle timer after Autobahn takes the
+        # transport; left running it would close the WebSocket at timeout.
+        if request.channel is not None:
+            request.channel.setTimeout(None)
+        return super().render(request)
+
+
+def resource(factory: WsFactory, channel: str | None = None) -> WsResource:
+    """The resource a route returns; a bad channel is a 400 before any upgrade."""
+    if channel is not None:
+        check_channel(channel)
+    return WsResource(_Opening(factory, channel))
