@@ -558,6 +558,31 @@ async def test_peer_that_stops_answering_pings_is_dropped_and_unsubscribed(
 
 
 @pytest_twisted.ensureDeferred
+async def test_http_idle_timeout_does_not_close_a_websocket(
+    start_daemon: Any, connect: Any
+) -> None:
+    class Counting(Client):
+        def onPing(self, payload: bytes) -> None:
+            super().onPing(payload)
+            self.pings.put(payload)
+
+        def onOpen(self) -> None:
+            self.pings: DeferredQueue[bytes] = DeferredQueue()
+
+    running = start_daemon(settings(websocket={"ping_interval": 0.3, "ping_timeout": 2.0}))
+    running.daemon.site.timeOut = 0.2  # the HTTP channel's idle timer, shortened
+    client = await connect(running, "/channels/idle/ws", protocol=Counting)
+    for _ in range(2):  # two pings apart: well past the HTTP idle timeout
+        await within(client.pings.get())
+    assert await client.barrier() == []
+    assert running.broker.subscribers("idle") == 1
+    # Had the HTTP channel's timer fired it would have unregistered the
+    # outlet: the connection would live on, but a slow reader go unbounded.
+    [server] = running.registry.connections["ws"]
+    assert server.transport.producer is server.outlet  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
 async def test_end_politely_closes_with_1001(running: Any, connect: Any) -> None:
     client = await connect(running, "/channels/d/ws")
     await client.barrier()

@@ -34,7 +34,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
 
 from pushd.errors import PushdError, bad_request
 from pushd.model import Message, check_channel, check_event, loads_json
@@ -436,19 +435,13 @@ class _Opening:
         return proto
 
 
-class WsResource(WebSocketResource):
-    """Hands the request's connection to Autobahn."""
+def resource(factory: WsFactory, channel: str | None = None) -> WebSocketResource:
+    """The resource a route returns; a bad channel is a 400 before any upgrade.
 
-    def render(self, request: Request) -> Any:
-        # The HTTP channel keeps its idle timer after Autobahn takes the
-        # transport; left running it would close the WebSocket at timeout.
-        if request.channel is not None:
-            request.channel.setTimeout(None)
-        return super().render(request)
-
-
-def resource(factory: WsFactory, channel: str | None = None) -> WsResource:
-    """The resource a route returns; a bad channel is a 400 before any upgrade."""
+    Autobahn takes the request's connection over. The HTTP channel's idle
+    timer needs no care: Twisted stops it while a request is being handled,
+    and this request never finishes.
+    """
     if channel is not None:
         check_channel(channel)
-    return WsResource(_Opening(factory, channel))
+    return WebSocketResource(_Opening(factory, channel))
