@@ -19,7 +19,7 @@ from pushd.model import Message
 from pushd.sources import build
 from pushd.sources.base import Backoff, LineBuffer, Restarting, Settings
 
-TIMEOUT = 15.0
+TIMEOUT = 10.0
 
 
 class Collector:

@@ -303,11 +303,14 @@ class Restarting(Source):
 
     def _ended(self, result: Any) -> None:
         self._session = None
-        if isinstance(result, Failure):
+        if not self.running:
+            self.log.info("source {source} stopped", source=self.name)
+        elif isinstance(result, Failure):
+            self.errors += 1
             self.log.warn(
                 "source {source} failed: {why}", source=self.name, why=result.getErrorMessage()
             )
-        elif self.running:
+        else:
             self.log.info("source {source} ended: {why}", source=self.name, why=result)
         if self.running:
             delay = self.backoff.next_delay()
