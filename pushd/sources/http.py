@@ -205,6 +205,7 @@ class HttpSource(Restarting):
         response.deliverBody(body)
         try:
             if response.code != 200:
+                body.done.addErrback(lambda _: None)  # the abort below is ours
                 body.abort()
                 raise UpstreamError(f"{self.url} answered {response.code}, not 200")
             kind = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
