@@ -102,7 +102,8 @@ class PushdApp:
     @app.handle_errors(HTTPException)
     def http_error(self, request: Request, failure: Failure) -> bytes:
         e = failure.value
-        return error_response(request, PushdError(e.code or 400, "bad_request", e.description or ""))
+        error = PushdError(e.code or 400, "bad_request", e.description or "")
+        return error_response(request, error)
 
     # -- assembly --------------------------------------------------------
     def resource(self) -> Resource:

@@ -48,10 +48,9 @@ class GzipStreamer(NdjsonStreamer):
             super().write(c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))
 
     def deliver(self, message: Message) -> None:
-        self.write(encode(message, "ndjson"))
-        self.ctx.registry.deliveries[self.name] += 1
-        if self.max_bytes and self.outlet.sent >= self.max_bytes:
-            self.end()
+        line = encode(message, "ndjson")
+        self.write(line)
+        self.delivered(len(line))
 
     def end(self) -> None:
         if not self.ended:

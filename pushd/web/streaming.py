@@ -47,6 +47,7 @@ class Streamer:
         self.subscription: Any = None
         self.done: Deferred[None] = Deferred(lambda d: self._lost())
         self.ended = False
+        self.body_bytes = 0
         request.setHeader(b"Content-Type", self.content_type)
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
@@ -88,8 +89,17 @@ class Streamer:
 
     def deliver(self, message: Message) -> None:
         self.outlet.write(encode(message, self.fmt))
+        self.delivered(len(message.encoded[self.fmt]))
+
+    def delivered(self, size: int) -> None:
+        """Count one delivery of ``size`` body bytes; end past the budget.
+
+        The budget counts what the client accumulates (before any
+        compression), which is what it bounds.
+        """
         self.ctx.registry.deliveries[self.name] += 1
-        if self.max_bytes and self.outlet.sent >= self.max_bytes:
+        self.body_bytes += size
+        if self.max_bytes and self.body_bytes >= self.max_bytes:
             self.end()
 
     def reset(self, channel: str, cursor: str | None) -> None:
