@@ -24,17 +24,18 @@ from pushd.web.app import PushdApp
 from pushd.web.common import Context
 
 
-def _number(kind: type, name: str) -> Any:
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number, not {text!r}") from None
-        if value < 0:
-            raise usage.UsageError(f"--{name} must not be negative")
-        return value
-
-    return convert
+def _number(options: usage.Options, name: str, kind: type) -> Any:
+    """A numeric option, or a ConfigError naming it (one line, not the usage)."""
+    text = options[name]
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"--{name} must be a number, not {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"--{name} must not be negative")
+    return value
 
 
 class Options(usage.Options):
@@ -46,27 +47,9 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "TOML settings file (see etc/pushd.toml)."],
-        [
-            "history-size",
-            None,
-            None,
-            "Messages kept per channel (default 1000).",
-            _number(int, "history-size"),
-        ],
-        [
-            "history-ttl",
-            None,
-            None,
-            "Seconds a message is kept (default 3600).",
-            _number(float, "history-ttl"),
-        ],
-        [
-            "max-message-size",
-            None,
-            None,
-            "Largest accepted message, bytes (default 65536).",
-            _number(int, "max-message-size"),
-        ],
+        ["history-size", None, None, "Messages kept per channel (default 1000)."],
+        ["history-ttl", None, None, "Seconds a message is kept (default 3600)."],
+        ["max-message-size", None, None, "Largest accepted message, bytes (default 65536)."],
     ]
 
     def __init__(self) -> None:
@@ -90,13 +73,16 @@ class Options(usage.Options):
         if self["listen"]:
             settings.listen = list(self["listen"])
         history = {}
-        if self["history-size"] is not None:
-            history["size"] = self["history-size"]
-        if self["history-ttl"] is not None:
-            history["ttl"] = self["history-ttl"]
+        size = _number(self, "history-size", int)
+        if size is not None:
+            history["size"] = size
+        ttl = _number(self, "history-ttl", float)
+        if ttl is not None:
+            history["ttl"] = ttl
         config.replace(settings, "history", **history)
-        if self["max-message-size"] is not None:
-            config.replace(settings, "limits", message_size=self["max-message-size"])
+        message_size = _number(self, "max-message-size", int)
+        if message_size is not None:
+            config.replace(settings, "limits", message_size=message_size)
         config.check(settings)
         from twisted.internet import reactor
 
