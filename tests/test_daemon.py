@@ -7,7 +7,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_twisted
@@ -110,7 +109,7 @@ def test_bad_config_names_the_problem(tmp_path: Path, text: str, problem: str) -
 
 
 def test_missing_file() -> None:
-    with pytest.raises(ConfigError, match="cannot read /nonexistent.toml"):
+    with pytest.raises(ConfigError, match=r"cannot read /nonexistent\.toml"):
         load("/nonexistent.toml")
 
 
