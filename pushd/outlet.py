@@ -162,6 +162,12 @@ class Registry:
         self.resets = dict.fromkeys(TRANSPORTS, 0)
         self.bytes_sent = dict.fromkeys(TRANSPORTS, 0)
         self.draining = False
+        self.started = False  # set once every listener is up
+
+    @property
+    def ready(self) -> bool:
+        """What ``/readyz`` answers: up, and not draining."""
+        return self.started and not self.draining
 
     def opened(self, transport: str, conn: object) -> None:
         self.connections[transport].add(conn)
