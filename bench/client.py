@@ -1,0 +1,414 @@
+"""The load generator: one process, raw asyncio protocols on uvloop.
+
+Run by :mod:`bench.run` as ``python -m bench.client SPEC_JSON``. It talks to
+its parent over lines: it prints ``{"event": "ready", ...}`` once every
+subscriber is connected, waits for ``go`` on stdin, publishes, prints
+``{"event": "done", ...}`` once every subscriber has every message (or the
+deadline passed), and exits on ``quit`` or end of input.
+
+Per delivery it does as little as it can: one regex over what was read
+(:class:`bench.proto.SeqScanner`), one sequence check, one latency sample.
+Its own CPU use over the publish window is reported so that a run where the
+client, not the server, was the limit can be flagged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import resource
+import sys
+import time
+from array import array
+from typing import Any
+
+from bench.proto import (
+    BodyReader,
+    SeqScanner,
+    SequenceChecker,
+    make_body,
+    parse_head,
+    percentile,
+    ws_client_frame,
+    ws_frames,
+)
+
+now_us = time.monotonic_ns  # divided by 1000 where used
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.latency = array("q")
+        self.received = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.errors: list[str] = []
+        self.last_delivery = 0.0
+
+
+STATS = Stats()
+
+
+def raise_nofile(want: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(max(soft, want), hard) if hard != resource.RLIM_INFINITY else max(soft, want)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+class Subscriber(asyncio.Protocol):
+    """One subscriber connection; ``kind`` is how the bytes arrive."""
+
+    def __init__(self, spec: dict[str, Any], channel: str, checker: SequenceChecker) -> None:
+        self.spec = spec
+        self.kind = spec["kind"]  # stream | ws | poll | longpoll
+        self.channel = channel
+        self.checker = checker
+        self.scanner = SeqScanner()
+        self.buf = b""
+        self.head_done = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.cursor: str | None = None
+        self.body: BodyReader | None = None
+        self.closed = False
+
+    # -- requests --------------------------------------------------------------
+    def request(self) -> bytes:
+        path = self.spec["path"].format(ch=self.channel)
+        if self.kind in ("poll", "longpoll") and self.cursor:
+            path += ("&" if "?" in path else "?") + "since=" + self.cursor
+        lines = [f"GET {path} HTTP/1.1", f"Host: {self.spec['host']}"]
+        lines += self.spec.get("headers", [])
+        if self.kind == "ws":
+            key = base64.b64encode(os.urandom(16)).decode()
+            lines += [
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                f"Sec-WebSocket-Key: {key}",
+                "Sec-WebSocket-Version: 13",
+            ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        STATS.bytes_out += len(data)
+        self.transport.write(data)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send(self.request())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed before ready: {exc}"))
+
+    # -- bytes in ------------------------------------------------------------
+    def _messages(self, data: bytes) -> None:
+        found = self.scanner.feed(data)
+        if found:
+            now = now_us() // 1000
+            see = self.checker.see
+            lat = STATS.latency.append
+            for seq, t in found:
+                see(seq)
+                lat(now - t)
+            STATS.received += len(found)
+            STATS.last_delivery = now
+
+    def data_received(self, data: bytes) -> None:
+        STATS.bytes_in += len(data)
+        if self.head_done and self.kind == "stream":
+            self._messages(data)
+            return
+        self.buf += data
+        if not self.head_done:
+            head = parse_head(self.buf)
+            if head is None:
+                return
+            want = 101 if self.kind == "ws" else 200
+            if head.status != want:
+                msg = f"{self.kind} {self.channel}: status {head.status}"
+                STATS.errors.append(msg)
+                if not self.ready.done():
+                    self.ready.set_exception(ConnectionError(msg))
+                return
+            self.head_done = True
+            self.buf = self.buf[head.size :]
+            if self.kind in ("poll", "longpoll"):
+                self.body = BodyReader(head)
+            elif not self.ready.done():
+                self.ready.set_result(None)
+            if self.kind == "stream":
+                data, self.buf = self.buf, b""
+                if data:
+                    self._messages(data)
+                return
+        if self.kind == "ws":
+            self._ws()
+        else:
+            self._answer()
+
+    def _ws(self) -> None:
+        frames, self.buf = ws_frames(self.buf)
+        for opcode, payload in frames:
+            if opcode == 1 or opcode == 0:
+                self._messages(payload)
+            elif opcode == 9:
+                self.send(ws_client_frame(10, payload))
+            elif opcode == 8:
+                self.send(ws_client_frame(8, payload[:2]))
+
+    def _answer(self) -> None:
+        assert self.body is not None
+        done = self.body.feed(self.buf)
+        self.buf = b""
+        if done is None:
+            return
+        body, rest = done
+        self._messages(body)
+        try:
+            cursor = json.loads(body).get("cursor")
+        except ValueError:
+            cursor = None
+        if cursor:
+            self.cursor = cursor
+        self.head_done = False
+        self.body = None
+        self.buf = rest
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if self.closed:
+            return
+        if self.kind == "poll":
+            asyncio.get_running_loop().call_later(self.spec["poll_interval"], self._again)
+        else:
+            self._again()
+
+    def _again(self) -> None:
+        if not self.closed:
+            self.send(self.request())
+
+
+class Publisher(asyncio.Protocol):
+    """POSTs on one keep-alive connection, pipelined, answers read in order."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.buf = b""
+        self.head = None
+        self.body: BodyReader | None = None
+        self.answered = 0
+        self.failed = 0
+        self.waiters: list[asyncio.Future[None]] = []
+        self.transport: asyncio.Transport | None = None
+        self.first_status: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def post(self, channel: str, body: bytes) -> None:
+        path = self.spec["publish_path"].format(ch=channel)
+        req = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.spec['host']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        assert self.transport is not None
+        self.transport.write(req)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            if self.body is None:
+                head = parse_head(self.buf)
+                if head is None:
+                    return
+                if head.status >= 300:
+                    self.failed += 1
+                    if len(STATS.errors) < 20:
+                        STATS.errors.append(f"publish: status {head.status}")
+                self.body = BodyReader(head)
+                self.buf = self.buf[head.size :]
+            done = self.body.feed(self.buf)
+            if done is None:
+                self.buf = b""
+                return
+            self.buf = done[1]
+            self.body = None
+            self.answered += 1
+            waiters, self.waiters = self.waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def answer(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        await fut
+
+
+def plan(spec: dict[str, Any]) -> tuple[list[str], list[str], dict[str, list[int]] | None]:
+    """(subscriber channels, channel of each message, expected seqs per channel)."""
+    channels = spec["channels"]
+    per = spec.get("subs_per_channel", 1)
+    subs = [ch for ch in channels for _ in range(per)]
+    m = spec["messages"]
+    if len(channels) == 1:
+        return subs, [channels[0]] * m, None
+    rnd = random.Random(spec.get("seed", 1))
+    targets = [rnd.choice(channels) for _ in range(m)]
+    expected: dict[str, list[int]] = {ch: [] for ch in channels}
+    for seq, ch in enumerate(targets, 1):
+        expected[ch].append(seq)
+    return subs, targets, expected
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def connect_all(
+    spec: dict[str, Any], subs: list[str], expected: dict[str, list[int]] | None
+) -> list[Subscriber]:
+    loop = asyncio.get_running_loop()
+    host, port = spec["host"].split(":")
+    sem = asyncio.Semaphore(spec.get("connect_concurrency", 200))
+    ips = spec.get("source_ips") or []
+    per_ip = spec.get("per_source_ip", 20000)
+    out: list[Subscriber] = []
+
+    async def one(i: int, channel: str) -> None:
+        checker = SequenceChecker(
+            spec["messages"] if expected is None else 0,
+            None if expected is None else expected[channel],
+        )
+        proto = Subscriber(spec, channel, checker)
+        local = (ips[(i // per_ip) % len(ips)], 0) if ips and len(subs) > per_ip else None
+        async with sem:
+            await loop.create_connection(lambda: proto, host, int(port), local_addr=local)
+            await asyncio.wait_for(proto.ready, 30)
+        out.append(proto)
+
+    await asyncio.gather(*(one(i, ch) for i, ch in enumerate(subs)))
+    if spec["kind"] == "longpoll":
+        await asyncio.sleep(0.5)  # a held long-poll answers nothing until a message
+    return out
+
+
+async def publish(spec: dict[str, Any], targets: list[str]) -> Publisher:
+    loop = asyncio.get_running_loop()
+    host, port = spec["host"].split(":")
+    _, pub = await loop.create_connection(lambda: Publisher(spec), host, int(port))
+    rate = spec.get("rate", 0)
+    size = spec.get("size", 100)
+    window = spec.get("pipeline", 4)
+    start = loop.time()
+    for seq, ch in enumerate(targets, 1):
+        if rate:
+            delay = start + (seq - 1) / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        else:
+            while seq - 1 - pub.answered >= window:
+                await pub.answer()
+        pub.post(ch, make_body(seq, now_us() // 1000, size))
+    while pub.answered < len(targets):
+        try:
+            await asyncio.wait_for(pub.answer(), 30)
+        except TimeoutError:
+            break
+    return pub
+
+
+async def main(spec: dict[str, Any]) -> None:
+    raise_nofile(len(spec["channels"]) * spec.get("subs_per_channel", 1) + 100)
+    subs_channels, targets, expected = plan(spec)
+    t0 = time.monotonic()
+    c0 = cpu_s()
+    subs = await connect_all(spec, subs_channels, expected)
+    connect_s = time.monotonic() - t0
+    emit({"event": "ready", "subscribers": len(subs), "connect_s": connect_s,
+          "connect_cpu_s": cpu_s() - c0})
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    line = await reader.readline()
+    if line.strip() != b"go":
+        return
+    STATS.bytes_in = STATS.bytes_out = 0
+    want = sum(s.checker.count() for s in subs)
+    t_start = time.monotonic()
+    c_start = cpu_s()
+    start_us = now_us() // 1000
+    pub_task = asyncio.ensure_future(publish(spec, targets))
+    deadline = t_start + spec["timeout"]
+    while time.monotonic() < deadline:
+        if sum(s.checker.index for s in subs) >= want and pub_task.done():
+            break
+        await asyncio.sleep(0.02)
+    wall = time.monotonic() - t_start
+    cpu = cpu_s() - c_start
+    pub = await pub_task if pub_task.done() else None
+    if not pub_task.done():
+        pub_task.cancel()
+    delivered = sum(s.checker.index - s.checker.gaps for s in subs)
+    bad = [s for s in subs if not s.checker.ok]
+    lat = sorted(STATS.latency)
+    span_s = max(1e-6, (STATS.last_delivery - start_us) / 1e6)
+    emit({
+        "event": "done",
+        "subscribers": len(subs),
+        "messages": len(targets),
+        "expected": want,
+        "delivered": delivered,
+        "received": STATS.received,
+        "bad_subscribers": len(bad),
+        "duplicates": sum(s.checker.duplicates for s in subs),
+        "gaps": sum(s.checker.gaps for s in subs),
+        "out_of_order": sum(s.checker.out_of_order for s in subs),
+        "missing": sum(s.checker.missing() for s in subs),
+        "published": pub.answered if pub else None,
+        "publish_failed": pub.failed if pub else None,
+        "wall_s": wall,
+        "span_s": span_s,
+        "deliveries_per_s": delivered / span_s,
+        "lat_p50_ms": percentile(lat, 50) / 1000,
+        "lat_p99_ms": percentile(lat, 99) / 1000,
+        "lat_max_ms": (lat[-1] / 1000) if lat else 0.0,
+        "bytes_in": STATS.bytes_in,
+        "bytes_out": STATS.bytes_out,
+        "client_cpu_s": cpu,
+        "client_util": cpu / wall if wall else 0.0,
+        "errors": STATS.errors[:5],
+    })
+    await reader.readline()  # "quit" or EOF
+    for s in subs:
+        if s.transport is not None:
+            s.transport.close()
+
+
+def run(argv: list[str]) -> None:
+    spec = json.loads(argv[1])
+    try:
+        import uvloop
+    except ImportError:  # still works, slower: the report says which loop ran
+        uvloop = None
+    if uvloop is not None:
+        uvloop.run(main(spec))
+    else:
+        asyncio.run(main(spec))
+
+
+if __name__ == "__main__":
+    run(sys.argv)

@@ -1,0 +1,278 @@
+"""``python -m bench``: every scenario against every server, one report.
+
+Each measurement starts the server fresh, starts one load-generator process
+(:mod:`bench.client`), reads the server's CPU time (``/proc/PID/stat``,
+nginx's worker included) just before publishing and just after the last
+delivery, and its RSS before and after the subscribers connect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import select
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import procstat
+from bench.report import write_report
+from bench.servers import ROOT, SERVERS, Server, available
+
+TRANSPORTS = ("sse", "stream", "ws", "longpoll", "poll")
+CLIENT_SATURATED = 0.90  # client CPU / wall above this: the client was the limit
+
+
+@dataclass
+class Counts:
+    fanout_subs: int = 1000
+    fanout_messages: int = 2000
+    fanout_rate: int = 100
+    scale_conns: int = 10000
+    trickle_messages: int = 20
+    trickle_rate: int = 4
+    cost_messages: int = 100
+    cost_rate: int = 10
+    poll_interval: float = 1.0
+    channels: int = 10000
+    channel_messages: int = 2000
+
+
+QUICK = Counts(
+    fanout_subs=200, fanout_messages=300, fanout_rate=100, scale_conns=1000,
+    trickle_messages=5, trickle_rate=5, cost_messages=20, cost_rate=10,
+    poll_interval=0.5, channels=1000, channel_messages=500,
+)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _readline(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if r:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            try:
+                return json.loads(line)  # type: ignore[no-any-return]
+            except ValueError:
+                continue
+        elif proc.poll() is not None:
+            break
+    raise RuntimeError("load generator gave no answer")
+
+
+def measure(
+    server: Server,
+    transport: str,
+    *,
+    channels: list[str],
+    subs_per_channel: int,
+    messages: int,
+    rate: float,
+    timeout: float,
+    poll_interval: float = 1.0,
+    pipeline: int = 4,
+) -> dict[str, Any]:
+    """One load-generator run against a started server; the numbers of both sides."""
+    path = server.paths[transport]
+    spec = {
+        "host": f"127.0.0.1:{server.port}",
+        "kind": path["kind"],
+        "path": path["path"],
+        "headers": path.get("headers", []),
+        "publish_path": server.publish_path,
+        "channels": channels,
+        "subs_per_channel": subs_per_channel,
+        "messages": messages,
+        "rate": rate,
+        "pipeline": pipeline,
+        "size": 100,
+        "timeout": timeout,
+        "poll_interval": poll_interval,
+        "connect_concurrency": 100,
+        "source_ips": [f"127.0.0.{i}" for i in range(1, 9)],
+    }
+    rss0 = procstat.rss_kb(server.pid)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.client", json.dumps(spec)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        ready = _readline(proc, 120)
+        if ready.get("event") != "ready":
+            raise RuntimeError(f"load generator: {ready}")
+        time.sleep(0.3)  # let the server settle after the connection burst
+        rss1 = procstat.rss_kb(server.pid)
+        cpu0 = procstat.cpu(server.pid)
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        done = _readline(proc, timeout + 60)
+        cpu1 = procstat.cpu(server.pid)
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    cpu = cpu1 - cpu0
+    delivered = max(1, done["delivered"])
+    n = len(channels) * subs_per_channel
+    out = dict(done)
+    out.update(
+        server=server.name,
+        transport=transport,
+        connect_s=ready["connect_s"],
+        server_cpu_s=cpu.total,
+        us_per_delivery=cpu.total / delivered * 1e6,
+        us_user=cpu.user / delivered * 1e6,
+        us_system=cpu.system / delivered * 1e6,
+        bytes_per_delivery=(done["bytes_in"] + done["bytes_out"]) / delivered,
+        rss_before_kb=rss0,
+        rss_after_kb=rss1,
+        rss_per_conn_b=(rss1 - rss0) * 1024 / n if n else 0,
+        client_saturated=done["client_util"] > CLIENT_SATURATED,
+        ok=done["bad_subscribers"] == 0 and done["delivered"] == done["expected"],
+    )
+    return out
+
+
+def fresh(name: str, **kw: Any) -> Server:
+    server = SERVERS[name](**kw)
+    server.start()
+    return server
+
+
+def channel(tag: str) -> str:
+    return f"b{tag}{uuid.uuid4().hex[:8]}"
+
+
+def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+
+    def run(scenario: str, name: str, transport: str, **kw: Any) -> None:
+        cls = SERVERS[name]
+        if transport not in cls.paths:
+            results.append({"scenario": scenario, "server": name, "transport": transport,
+                            "na": True})
+            return
+        log(f"{scenario}: {name} {transport}")
+        server = fresh(name)
+        try:
+            r = measure(server, transport, **kw)
+        except Exception as e:
+            log(f"  failed: {e}")
+            r = {"server": name, "transport": transport, "error": str(e)}
+        finally:
+            server.cleanup()
+        r["scenario"] = scenario
+        results.append(r)
+        if "error" not in r:
+            log(
+                f"  {r['us_per_delivery']:.1f} us/delivery, {r['deliveries_per_s']:.0f}/s, "
+                f"p99 {r['lat_p99_ms']:.1f} ms, ok={r['ok']}, client {r['client_util']:.0%}"
+            )
+
+    c = counts
+    if "fanout" in only:
+        for name in servers:
+            for t in ("sse", "ws", "stream"):
+                run("fanout-rate", name, t, channels=[channel("f")],
+                    subs_per_channel=c.fanout_subs, messages=c.fanout_messages,
+                    rate=c.fanout_rate, timeout=c.fanout_messages / c.fanout_rate + 30)
+        for name in servers:
+            for t in ("sse", "ws", "stream"):
+                run("fanout-max", name, t, channels=[channel("m")],
+                    subs_per_channel=c.fanout_subs, messages=c.fanout_messages,
+                    rate=0, timeout=120)
+    if "scale" in only:
+        for name in servers:
+            for t in ("sse", "ws"):
+                run("scale", name, t, channels=[channel("s")], subs_per_channel=c.scale_conns,
+                    messages=c.trickle_messages, rate=c.trickle_rate,
+                    timeout=c.trickle_messages / c.trickle_rate + 60)
+    if "cost" in only:
+        for name in servers:
+            for t in TRANSPORTS:
+                run("cost", name, t, channels=[channel("c")], subs_per_channel=1,
+                    messages=c.cost_messages, rate=c.cost_rate,
+                    timeout=c.cost_messages / c.cost_rate + 20,
+                    poll_interval=c.poll_interval)
+    if "channels" in only:
+        for name in servers:
+            chans = [channel(f"k{i}-") for i in range(c.channels)]
+            run("channels", name, "sse", channels=chans, subs_per_channel=1,
+                messages=c.channel_messages, rate=0, timeout=120)
+    return results
+
+
+def ensure_deps(servers: list[str]) -> list[str]:
+    """Install what is missing (npm packages; apt packages when root); usable servers."""
+    node_dir = ROOT / "bench" / "node"
+    if "node" in servers and shutil.which("npm") and not (node_dir / "node_modules").exists():
+        log("npm ci in bench/node")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=node_dir, check=False)
+    if "nchan" in servers and available("nchan") and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("apt-get install nginx-light libnginx-mod-nchan")
+        subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light",
+                        "libnginx-mod-nchan"], check=False)
+    usable = []
+    for name in servers:
+        why = available(name)
+        if why:
+            log(f"skipping {name}: {why}")
+        else:
+            usable.append(name)
+    return usable
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    p.add_argument("--servers", default="pushd,nchan,node")
+    p.add_argument("--scenarios", default="fanout,scale,cost,channels")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--label", default="", help="added to the report's file name and title")
+    for f, v in vars(Counts()).items():
+        p.add_argument("--" + f.replace("_", "-"), type=type(v), default=None)
+    args = p.parse_args(argv)
+    counts = QUICK if args.quick else Counts()
+    for f in vars(Counts()):
+        v = getattr(args, f)
+        if v is not None:
+            setattr(counts, f, v)
+    servers = ensure_deps([s for s in args.servers.split(",") if s])
+    only = set(args.scenarios.split(","))
+    started = time.time()
+    results = scenarios(counts, servers, only)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
+    out = Path(args.out)
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    name = stamp + (f"-{args.label}" if args.label else "") + ("-quick" if args.quick else "")
+    meta = {
+        "date": stamp, "quick": args.quick, "counts": vars(counts),
+        "python": platform.python_version(), "cpus": os.cpu_count(),
+        "kernel": platform.release(), "seconds": time.time() - started,
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "label": args.label,
+    }
+    (out / "raw" / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results},
+                                                         indent=1))
+    md = write_report(out, name, meta, results)
+    log(f"wrote {md}")
+    return 0

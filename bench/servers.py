@@ -1,0 +1,214 @@
+"""The servers under test, each started on a loopback port and stopped by pid.
+
+Every server gets a fresh temporary directory for its config, logs and
+(nginx) temp files; nothing outside it is written. Each one describes how a
+client reaches it per transport (``paths``); a transport it does not serve
+is absent, and the report says "n/a".
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _raise_nofile() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _http_ok(port: int, path: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+class Server:
+    name = "?"
+    health = "/healthz"
+    # transport -> {"kind", "path", "headers"}; publish path
+    paths: dict[str, dict[str, Any]] = {}
+    publish_path = ""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        log = open(self.dir / "stdout.log", "wb")
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+            preexec_fn=_raise_nofile,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log_tail()}")
+            if _http_ok(self.port, self.health):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not answer {self.health}: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        text = ""
+        for f in self.dir.glob("*.log"):
+            text += f.read_text(errors="replace")[-800:]
+        return text
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Pushd(Server):
+    name = "pushd"
+    publish_path = "/channels/{ch}"
+    paths = {
+        "sse": {"kind": "stream", "path": "/channels/{ch}/events"},
+        "stream": {"kind": "stream", "path": "/channels/{ch}/stream"},
+        "ws": {"kind": "ws", "path": "/channels/{ch}/ws"},
+        "longpoll": {"kind": "longpoll", "path": "/channels/{ch}/longpoll?timeout=60"},
+        "poll": {"kind": "poll", "path": "/channels/{ch}/poll"},
+    }
+
+    def __init__(self, python: str | None = None, label: str = "pushd") -> None:
+        self.name = label
+        super().__init__()
+        self.python = python or sys.executable
+
+    def command(self) -> list[str]:
+        cfg = self.dir / "pushd.toml"
+        cfg.write_text(
+            "source = []\n"
+            "[history]\nsize = 1000\n"
+            "[stream]\nmax_bytes = 1073741824\n"
+            "[web]\ndemo = false\n"
+        )
+        listen = f"tcp:{self.port}:interface=127.0.0.1:backlog=4096"
+        return [
+            str(Path(self.python).parent / "twistd"), "-n", "--pidfile=",
+            f"--logfile={self.dir / 'pushd.log'}",
+            "pushd", "--config", str(cfg), "--listen", listen,
+        ]
+
+
+class Nchan(Server):
+    name = "nchan"
+    publish_path = "/pub?id={ch}"
+    paths = {
+        "sse": {"kind": "stream", "path": "/sub?id={ch}", "headers": ["Accept: text/event-stream"]},
+        "stream": {"kind": "stream", "path": "/sub?id={ch}", "headers": ["TE: chunked"]},
+        "ws": {"kind": "ws", "path": "/sub?id={ch}"},
+    }
+
+    def command(self) -> list[str]:
+        d = self.dir
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (d / "nginx.conf").write_text(f"""
+load_module {NCHAN_MODULE};
+{user}worker_processes 1;
+worker_rlimit_nofile 19000;
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 18000; use epoll; multi_accept on; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  nchan_max_reserved_memory 256M;
+  server {{
+    listen 127.0.0.1:{self.port} backlog=4096;
+    location = /healthz {{ return 200 "ok"; }}
+    location = /pub {{
+      nchan_publisher;
+      nchan_channel_id $arg_id;
+      nchan_message_buffer_length 1000;
+      nchan_message_timeout 1h;
+    }}
+    location = /sub {{
+      nchan_subscriber;
+      nchan_channel_id $arg_id;
+      nchan_subscriber_first_message newest;
+      nchan_message_buffer_length 1000;
+    }}
+  }}
+}}
+""")
+        return ["nginx", "-p", str(d), "-e", str(d / "error.log"), "-c", str(d / "nginx.conf")]
+
+    def stop(self) -> None:
+        # SIGQUIT: graceful; SIGTERM would do too. The master reaps its worker.
+        super().stop()
+
+
+class Node(Server):
+    name = "node"
+    publish_path = "/pub/{ch}"
+    paths = {"sse": {"kind": "stream", "path": "/events/{ch}"}}
+
+    def command(self) -> list[str]:
+        return ["node", str(ROOT / "bench" / "node" / "server.js"), str(self.port)]
+
+
+SERVERS = {"pushd": Pushd, "nchan": Nchan, "node": Node}
+
+
+def available(name: str) -> str | None:
+    """Why ``name`` cannot run here, or None."""
+    if name == "nchan":
+        if shutil.which("nginx") is None or not os.path.exists(NCHAN_MODULE):
+            return "nginx-light + libnginx-mod-nchan not installed"
+    if name == "node":
+        if shutil.which("node") is None:
+            return "node not installed"
+        if not (ROOT / "bench" / "node" / "node_modules" / "express").exists():
+            return "express not installed (npm install in bench/node)"
+    return None
