@@ -28,6 +28,10 @@ class Limits:
     message_size: int = 64 * 1024  # largest accepted body or frame, bytes
     batch_size: int = 1024 * 1024  # largest POST /publish body, bytes
     queue: int = 1024 * 1024  # bytes queued for one slow connection before it is closed
+    max_connections: int = 0  # open TCP connections in total; 0 = unlimited
+    max_connections_per_address: int = 0  # open TCP connections from one client address
+    max_channels: int = 0  # channels a publish may create; 0 = unlimited
+    retry_after: int = 5  # seconds, the Retry-After of a 503 sent at a limit
 
 
 @dataclass

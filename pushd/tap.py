@@ -8,20 +8,30 @@ runs before ``startService``.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import signal
+from types import FrameType
+from typing import Any, Mapping
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
 from twisted.python import usage
 
 from pushd import config, sources
-from pushd.broker.memory import MemoryBroker
 from pushd.config import ConfigError, Settings
+from pushd.limits import LimitedMemoryBroker
+from pushd.metrics import metrics_resource, ops_root
 from pushd.outlet import Registry
+from pushd.systemd import Notifier
 from pushd.web.app import PushdApp
 from pushd.web.common import Context
+from pushd.web.site import PushdSite
+
+log = Logger()
 
 
 def _number(options: usage.Options, name: str, kind: type) -> Any:
@@ -131,32 +141,157 @@ class Listener(Service):
 
 
 class Daemon(MultiService):
-    """The service tree, with handles on its parts for tests and operations."""
+    """The service tree, with handles on its parts for tests and operations.
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    Stopping it drains (see :meth:`drain`); ``environ`` is where systemd's
+    ``$NOTIFY_SOCKET`` and ``$WATCHDOG_USEC`` are read (``makeService``
+    passes ``os.environ``; an in-process daemon tells no one).
+    """
+
+    def __init__(
+        self, settings: Settings, reactor: Any, environ: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
-        self.broker = MemoryBroker(reactor, settings.history.size, settings.history.ttl)
+        limits = settings.limits
+        self.broker = LimitedMemoryBroker(reactor, settings.history.size, settings.history.ttl)
+        self.broker.max_channels = limits.max_channels
+        self.broker.retry_after = limits.retry_after
         self.broker.setServiceParent(self)
+        self.notifier = Notifier(reactor, environ or {})
+        self.notifier.setServiceParent(self)
         self.registry = Registry()
         self.context = Context(self.broker, settings, reactor, self.registry)
         self.sources = [sources.build(table, self.broker, reactor) for table in settings.sources]
         for source in self.sources:
             source.setServiceParent(self)
+        if settings.web.demo:  # /status is fed over pushd itself
+            from pushd.sources.status import StatusSource
+
+            StatusSource(self.broker, self.registry, reactor).setServiceParent(self)
         self.web = PushdApp(self.context)
         self.site = self.web.site()
+        self.site.connections.max_total = limits.max_connections
+        self.site.connections.max_per_address = limits.max_connections_per_address
+        self.site.retry_after = limits.retry_after
+        self.site.draining = lambda: self.registry.draining
         self.listeners = [Listener(e, self.site, reactor) for e in settings.listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
+        self.metrics_listener: Listener | None = None
+        metrics = metrics_resource(self)
+        if settings.metrics.listen:
+            metrics_site = PushdSite(ops_root(self, metrics), 1024)
+            self.metrics_listener = Listener(settings.metrics.listen, metrics_site, reactor)
+            self.metrics_listener.setServiceParent(self)
+        else:
+            self.web.extra_routes["metrics"] = metrics
+        self._drain_done: Deferred[None] | None = None
+        self._stopping: Deferred[None] | None = None
 
     def ready(self) -> Deferred[Any]:
         """Fires once every listener is up."""
-        return DeferredList([listener.ready for listener in self.listeners], fireOnOneErrback=True)
+        listeners = list(self.listeners)
+        if self.metrics_listener is not None:
+            listeners.append(self.metrics_listener)
+        return DeferredList([listener.ready for listener in listeners], fireOnOneErrback=True)
 
-    def stopService(self) -> Any:
+    def startService(self) -> None:
+        super().startService()
+        self.ready().addCallbacks(self._serving, lambda f: None)
+
+    def _serving(self, _: object) -> None:
+        self.registry.started = True
+        self.notifier.ready()
+        log.info("pushd ready: {listen}", listen=", ".join(self.settings.listen))
+
+    # -- stopping ---------------------------------------------------------
+    def stopService(self) -> Deferred[None]:
+        """Drain, then stop sources and broker. Safe to call more than once."""
+        if self._stopping is None:
+            self._stopping = Deferred.fromCoroutine(self._stop())
+        return self._stopping
+
+    async def _stop(self) -> None:
+        await self.drain()
         self.web.stop()
-        return super().stopService()
+        await maybeDeferred(super().stopService)
+
+    async def drain(self) -> None:
+        """Stop accepting, end every subscription politely, wait for the clients to go.
+
+        ``/readyz`` turns 503 first, so a load balancer stops sending new
+        clients; the listeners close; then each open subscription ends in
+        its transport's way (SSE: a jittered ``retry:`` and the end of the
+        response; streams: the final chunk; long-polls: their cursor;
+        WebSockets: close 1001). Idle keep-alive connections are closed,
+        and every answer from now on says ``Connection: close``. The wait
+        ends when the last connection is gone, at ``[drain] timeout``, or
+        at :meth:`cut_short`; whatever is still open then is dropped.
+        """
+        if self.registry.draining:
+            return
+        self.registry.draining = True
+        self.notifier.stopping()
+        connections = self.site.connections
+        log.info(
+            "draining: {n} subscriptions, {c} connections, up to {t:g}s",
+            n=sum(1 for _ in self.registry.all()),
+            c=connections.total,
+            t=self.settings.drain.timeout,
+        )
+        await DeferredList([maybeDeferred(listener.stopService) for listener in self.listeners])
+        for _, conn in self.registry.all():
+            conn.end_politely()  # type: ignore[attr-defined]
+        connections.close_idle()
+        done: Deferred[None] = Deferred()
+        self._drain_done = done
+        timer = self.reactor.callLater(self.settings.drain.timeout, self.cut_short)
+        connections.empty().addCallback(lambda _: self.cut_short())
+        await done
+        if timer.active():
+            timer.cancel()
+        if connections.total:
+            log.warn("drain: dropping {n} connections still open", n=connections.total)
+            connections.abort_all()
+        else:
+            log.info("drain: every client has gone")
+
+    def cut_short(self) -> None:
+        """End the drain's wait now (its timeout, or a second SIGTERM)."""
+        done, self._drain_done = self._drain_done, None
+        if done is not None:
+            done.callback(None)
+
+    def terminate(self) -> None:
+        """SIGTERM: the first drains and stops the reactor; the next cuts the drain short.
+
+        Stopping the reactor ourselves (rather than through Twisted's own
+        SIGTERM handler) is what makes twistd exit 0: it only re-raises a
+        signal it caught itself.
+        """
+        if self._stopping is not None or self.registry.draining:
+            log.info("second SIGTERM: not waiting for clients any longer")
+            self.cut_short()
+            return
+        log.info("SIGTERM: draining")
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+
+def install_sigterm(daemon: Daemon, reactor: Any) -> None:
+    """Route SIGTERM to :meth:`Daemon.terminate` on the reactor thread.
+
+    Installed once the reactor runs, so it replaces Twisted's own handler.
+    """
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(daemon.terminate)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def makeService(options: Options, reactor: Any = None) -> Daemon:
@@ -165,6 +300,8 @@ def makeService(options: Options, reactor: Any = None) -> Daemon:
 
         reactor = global_reactor
     try:
-        return Daemon(options.settings, reactor)
+        daemon = Daemon(options.settings, reactor, os.environ)
     except ConfigError as e:
         raise SystemExit(f"pushd: {e}") from None
+    reactor.callWhenRunning(install_sigterm, daemon, reactor)
+    return daemon

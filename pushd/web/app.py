@@ -39,6 +39,21 @@ class PushdApp:
     def healthz(self, request: Request) -> bytes:
         return json_response(request, {"status": "ok"})
 
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: Request) -> bytes:
+        """503 while starting or draining, so a load balancer sends no one new."""
+        if self.ctx.registry.ready:
+            return json_response(request, {"status": "ready"})
+        status = "draining" if self.ctx.registry.draining else "starting"
+        return json_response(request, {"status": status}, 503)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Request) -> Any:
+        """Mounted by pushd.tap (``extra_routes["metrics"]``) unless it has its own listener."""
+        if "metrics" not in self.extra_routes:
+            raise NotFound()
+        return self.extra_routes["metrics"]
+
     # -- publishing ------------------------------------------------------
     @app.route("/publish", methods=["POST"])
     def publish_batch(self, request: Request) -> Any:
@@ -84,6 +99,8 @@ class PushdApp:
     # -- errors ----------------------------------------------------------
     @app.handle_errors(PushdError)
     def pushd_error(self, request: Request, failure: Failure) -> bytes:
+        if getattr(failure.value, "retry_after", None) is not None:  # a limit: 503
+            request.setHeader(b"Retry-After", str(failure.value.retry_after).encode())
         return error_response(request, failure.value)
 
     @app.handle_errors(NotFound)
