@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pushd.errors import PushdError
 from pushd.outlet import Heartbeat
-from pushd.web import longpoll, poll, publish, sse, stream, ws
+from pushd.web import longpoll, pages, poll, publish, sse, stream, ws
 from pushd.web.common import Context, error_response, json_response
 from pushd.web.origins import CorsResource, OriginPolicy
 from pushd.web.site import PushdSite
@@ -95,6 +95,25 @@ class PushdApp:
     @app.route("/channels/<channel>/ws", methods=["GET"])
     def channel_websocket(self, request: Request, channel: str) -> Any:
         return ws.resource(self.ws_factory, channel)
+
+    # -- browser side: pushd.js, its types, demo and status pages ---------
+    @app.route("/", methods=["GET"])
+    def demo_page(self, request: Request) -> bytes:
+        return pages.page(self.ctx, request, "demo.html")
+
+    @app.route("/status", methods=["GET"])
+    def status_page(self, request: Request) -> bytes:
+        return pages.page(self.ctx, request, "status.html")
+
+    @app.route("/static/<name>", methods=["GET"])
+    def page_asset(self, request: Request, name: str) -> bytes:
+        return pages.static(self.ctx, request, name)
+
+    @app.route("/pushd.js", methods=["GET"])
+    @app.route("/pushd.mjs", methods=["GET"])
+    @app.route("/pushd.d.ts", methods=["GET"])
+    def client(self, request: Request) -> bytes:
+        return pages.serve(request, request.path.decode().lstrip("/"))
 
     # -- errors ----------------------------------------------------------
     @app.handle_errors(PushdError)
