@@ -168,9 +168,6 @@ class Daemon(MultiService):
             source.setServiceParent(self)
         if settings.web.demo:  # /status is fed over pushd itself
             from pushd.sources.status import StatusSource
-            StatusSource(self.broker, self.registry, reactor).setServiceParent(self)
-        if settings.web.demo:  # /status is fed over pushd itself
-            from pushd.sources.status import StatusSource
 
             StatusSource(self.broker, self.registry, reactor).setServiceParent(self)
         self.web = PushdApp(self.context)
