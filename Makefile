@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= pushd $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pushd tests twisted bench
+	$(BIN)/ruff check .
 
 test: $(STAMP) lint
 	$(BIN)/pytest $(PYTEST_ARGS)
