@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from pushd import config, sources
+from pushd.broker.memory import MemoryBroker
 from pushd.config import ConfigError, Settings
 from pushd.limits import LimitedMemoryBroker
 from pushd.metrics import metrics_resource, ops_root
@@ -155,12 +156,16 @@ class Daemon(MultiService):
         self.settings = settings
         self.reactor = reactor
         limits = settings.limits
-        self.broker = LimitedMemoryBroker(reactor, settings.history.size, settings.history.ttl)
-        self.broker.max_channels = limits.max_channels
-        self.broker.retry_after = limits.retry_after
+        # The channel limit costs a check per publish; without one, the plain broker.
+        broker_class = LimitedMemoryBroker if limits.max_channels else MemoryBroker
+        self.broker = broker_class(reactor, settings.history.size, settings.history.ttl)
+        if isinstance(self.broker, LimitedMemoryBroker):
+            self.broker.max_channels = limits.max_channels
+            self.broker.retry_after = limits.retry_after
         self.broker.setServiceParent(self)
+        # Not a child service: it must ping through the whole drain and stop
+        # last, so the daemon starts and stops it itself.
         self.notifier = Notifier(reactor, environ or {})
-        self.notifier.setServiceParent(self)
         self.registry = Registry()
         self.context = Context(self.broker, settings, reactor, self.registry)
         self.sources = [sources.build(table, self.broker, reactor) for table in settings.sources]
@@ -198,8 +203,14 @@ class Daemon(MultiService):
         return DeferredList([listener.ready for listener in listeners], fireOnOneErrback=True)
 
     def startService(self) -> None:
+        self.notifier.startService()
         super().startService()
-        self.ready().addCallbacks(self._serving, lambda f: None)
+        # Ready once the listeners are up *and* the reactor runs: twistd starts
+        # services before reactor.run(), and only then is our SIGTERM handler
+        # installed, so a supervisor told READY=1 may stop us safely.
+        self.reactor.callWhenRunning(
+            lambda: self.ready().addCallbacks(self._serving, lambda f: None)
+        )
 
     def _serving(self, _: object) -> None:
         self.registry.started = True
@@ -216,7 +227,10 @@ class Daemon(MultiService):
     async def _stop(self) -> None:
         await self.drain()
         self.web.stop()
-        await maybeDeferred(super().stopService)
+        try:
+            await maybeDeferred(super().stopService)
+        finally:
+            self.notifier.stopService()
 
     async def drain(self) -> None:
         """Stop accepting, end every subscription politely, wait for the clients to go.

@@ -90,15 +90,19 @@ def spawn_pushd(
     config: str = "source = []\n",
     env: dict[str, str] | None = None,
     prefix: list[str] | None = None,
+    logger: str = "pushd.logs.text_logger",
 ) -> tuple[Child, Any]:
-    """``twistd -n pushd --config <config> <args>`` as a child; no sources by default."""
+    """``twistd -n --logger <logger> pushd --config <config> <args>``; no sources by default.
+
+    The text logger at info level keeps Autobahn's debug chatter out of the log.
+    """
     path = tmp_path / "pushd.toml"
     path.write_text(config)
     child = Child()
     environ = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     if "NOTIFY_SOCKET" not in (env or {}):
         environ.pop("NOTIFY_SOCKET", None)  # never tell a real supervisor about a test
-    argv = [*(prefix or []), sys.executable, "-c", TWISTD, "-n", "--pidfile=", "pushd",
+    argv = [*(prefix or []), sys.executable, "-c", TWISTD, "-n", "--pidfile=", f"--logger={logger}", "pushd",
             "--config", str(path), *args]
     process = reactor.spawnProcess(child, argv[0], argv, env=environ, path=str(tmp_path))
     return child, process

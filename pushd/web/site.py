@@ -176,7 +176,9 @@ class PushdRequest(Request):
         self.setHeader(b"Retry-After", str(getattr(site, "retry_after", 5)).encode())
         self.setHeader(b"Connection", b"close")
         self.channel.persistent = False
-        self.write(error.body())
+        body = error.body()
+        self.setHeader(b"Content-Length", str(len(body)).encode())
+        self.write(body)
         self.finish()
 
     def write(self, data: bytes) -> None:
