@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IProtocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import Resource
@@ -40,18 +41,32 @@ log = Logger()
 class Connection(ProtocolWrapper):
     """One TCP connection to the site; counted from accept to close.
 
-    The wrapped protocol writes straight to the socket (``write`` and
-    ``writeSequence`` are the real transport's bound methods), so the wrapper
-    costs nothing per byte sent.
+    It sits between the socket and the HTTP channel as the socket's
+    *protocol* only: on plain TCP the channel (and the outlets, which send
+    straight on the socket, see :mod:`pushd.fastwrite`) still gets the real
+    TCP transport, so the wrapper is not on the write path at all. Under TLS
+    the transport below is itself a wrapper, and this one wraps the classic
+    way, as Autobahn expects when it takes a TLS connection over.
     """
 
     over_limit = False
     peer_host = ""
 
     def makeConnection(self, transport: Any) -> None:
-        self.write = transport.write  # type: ignore[method-assign]
-        self.writeSequence = transport.writeSequence  # type: ignore[method-assign]
-        super().makeConnection(transport)
+        if isinstance(transport, ProtocolWrapper):  # TLS: be the channel's transport
+            super().makeConnection(transport)
+            return
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(transport)
+
+
+def connection_of(transport: Any) -> Connection | None:
+    """The :class:`Connection` of an HTTP channel's transport, either way it is wired."""
+    if isinstance(transport, Connection):
+        return transport
+    protocol = getattr(transport, "protocol", None)
+    return protocol if isinstance(protocol, Connection) else None
 
 
 class Connections:
@@ -149,14 +164,14 @@ class PushdRequest(Request):
     def process(self) -> None:
         site = self.channel.site if self.channel else None
         if isinstance(site, PushdSite) and self.path not in ALWAYS_SERVED:
-            conn = self.channel.transport
-            if getattr(conn, "over_limit", False):
+            conn = connection_of(self.channel.transport)
+            if conn is not None and conn.over_limit:
                 site.connections.refused += 1
                 log.warn(
                     "refused {method} {path} from {peer}: connection limit reached",
                     method=self.method.decode("latin-1"),
                     path=self.path.decode("latin-1", "replace")[:200],
-                    peer=getattr(conn, "peer_host", "?"),
+                    peer=conn.peer_host,
                 )
                 self.refuse(
                     PushdError(503, "too_many_connections", "connection limit reached; retry later")
