@@ -74,8 +74,8 @@ class PushdProcess:
                 raise RuntimeError("pushd did not start:\n" + self.log()) from None
             if line is None:
                 raise RuntimeError("pushd exited:\n" + self.log())
-            if line.startswith("PUSHD-TEST "):
-                urls = json.loads(line.split(" ", 1)[1])
+            if "PUSHD-TEST " in line:
+                urls = json.loads(line.split("PUSHD-TEST ", 1)[1])
                 self.url: str = urls["url"]
                 self.control: str = urls["control"]
                 self.port = int(self.url.rsplit(":", 1)[1])

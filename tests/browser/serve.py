@@ -46,7 +46,7 @@ class Drop(Resource):
 
 
 def main(argv: list[str]) -> None:
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     options = Options()
     options.parseOptions(argv)
     daemon = makeService(options, reactor)
