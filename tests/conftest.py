@@ -37,6 +37,7 @@ def start_daemon() -> Any:
         settings = Settings()
         settings.listen = ["tcp:0:interface=127.0.0.1"]
         settings.sources = []
+        settings.drain.timeout = 1  # stopping drains: do not wait long on a stuck client
         if edit is not None:
             edit(settings)
         daemon = Daemon(settings, reactor)
