@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -351,7 +350,10 @@ def test_demo_page_and_status_page(context: Any, pushd: PushdProcess) -> None:
         }""",
         timeout=WAIT,
     )
-    assert status.locator("#chart-published polyline").get_attribute("points")
+    status.wait_for_function(  # two samples make a line
+        "() => document.querySelector('#chart-published polyline')"
+        ".getAttribute('points').split(' ').length >= 2"
+    )
     status.screenshot(path=str(ARTIFACTS / "status.png"), full_page=True)
     foreign = [u for u in requested if not u.startswith(pushd.url + "/")]
     assert foreign == []
@@ -446,6 +448,3 @@ def test_served_files(pushd: PushdProcess) -> None:
     assert b"http" not in html.replace(b"http-equiv", b"")  # no CDN, no external font
     assert get(pushd.url + "/static/../tap.py")[0] == 404
     assert json.loads(get(pushd.url + "/static/nope.js")[2])["error"] == "not_found"
-
-
-_ = Path  # keep the import for type readers

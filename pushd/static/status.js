@@ -48,7 +48,19 @@ function show(st) {
   push("dropped", sum(st.dropped));
 }
 
-pushd.subscribe("", "pushd.status", {
-  onMessage: (m) => { if (m.event === "status") show(m.data); },
-  onStatus: (s) => { $("transport").textContent = s.transport + ", " + s.state; },
-});
+// The last minute from history first, then live from its cursor: no gap, no repeat.
+async function start() {
+  let since = null;
+  try {
+    const r = await fetch("/channels/pushd.status/poll?limit=" + POINTS, { cache: "no-store" });
+    const page = await r.json();
+    for (const m of page.messages) if (m.event === "status") show(m.data);
+    since = page.cursor;
+  } catch (e) { /* start live */ }
+  pushd.subscribe("", "pushd.status", {
+    since,
+    onMessage: (m) => { if (m.event === "status") show(m.data); },
+    onStatus: (s) => { $("transport").textContent = s.transport + ", " + s.state; },
+  });
+}
+start();
