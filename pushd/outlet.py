@@ -21,6 +21,8 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
+from pushd import fastwrite
+
 TRANSPORTS = ("poll", "longpoll", "stream", "sse", "ws")
 
 
@@ -30,6 +32,10 @@ class Outlet:
 
     ``on_overflow`` runs once when the queue passes ``limit``; the outlet has
     already aborted the connection by then.
+
+    On a plain TCP connection with nothing buffered, bytes are sent on the
+    socket at once (:mod:`pushd.fastwrite`), sparing the reactor a register
+    and an unregister for writing per message.
     """
 
     __slots__ = (
@@ -41,6 +47,7 @@ class Outlet:
         "queue",
         "queued",
         "sent",
+        "sock",
         "transport",
     )
 
@@ -51,6 +58,7 @@ class Outlet:
         on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
         self.transport = transport
+        self.sock = fastwrite.socket_of(transport)
         self.limit = limit
         self.paused = False
         self.queue: list[bytes] = []
@@ -64,7 +72,7 @@ class Outlet:
             return
         self.sent += len(data)
         if not self.paused:
-            self.transport.write(data)
+            fastwrite.write(self.transport, self.sock, data)
             return
         self.queue.append(data)
         self.queued += len(data)
@@ -89,7 +97,8 @@ class Outlet:
         """
         if self.queue and not self.ended:
             queue, self.queue, self.queued = self.queue, [], 0
-            self.transport.writeSequence(queue)
+            # one send() for everything that waited
+            fastwrite.write(self.transport, self.sock, b"".join(queue))
 
     def end(self) -> None:
         """Write nothing more; queued bytes are discarded."""

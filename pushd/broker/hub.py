@@ -97,9 +97,16 @@ class Hub:
             return 0
         # A delivery may end another subscription (a slow client closed), so
         # iterate over a snapshot and skip the ones that ended meanwhile.
+        # LocalSubscription.push, inlined: this loop runs once per delivery.
+        seq = message.seq
         for sub in tuple(subs):
             if sub.active:
-                sub.push(message)
+                pending = sub._pending
+                if pending is not None:
+                    pending.append(message)
+                elif seq > sub.last_seq:
+                    sub.last_seq = seq
+                    sub.subscriber.deliver(message)
         return len(subs)
 
     def close(self, channel: str) -> int:

@@ -88,8 +88,10 @@ class Streamer:
             self.outlet.write(chunk(data) if self.framed else data)
 
     def deliver(self, message: Message) -> None:
-        self.outlet.write(encode(message, self.fmt))
-        self.delivered(len(message.encoded[self.fmt]))
+        # Runs once per subscriber per message: the cached bytes, one write.
+        data = message.encoded.get(self.fmt) or encode(message, self.fmt)
+        self.outlet.write(data)
+        self.delivered(len(data))
 
     def delivered(self, size: int) -> None:
         """Count one delivery of ``size`` body bytes; end past the budget.
@@ -138,9 +140,10 @@ class Streamer:
 
     def _overflowed(self) -> None:
         self.ctx.registry.dropped[self.name] += 1
-        self.log.info(
-            "dropped a slow {transport} client on {channel}",
+        self.log.warn(
+            "dropped a slow {transport} client {peer} on {channel}",
             transport=self.name,
+            peer=self.request.getClientAddress(),
             channel=self.channel,
         )
         self._stop()

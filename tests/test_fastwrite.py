@@ -1,0 +1,191 @@
+"""pushd.fastwrite and the Outlet's use of it, over real loopback connections.
+
+Each test asserts what the reactor is asked to do (is the transport
+registered for writing?) and what the peer receives, never how long
+anything took.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+
+from pushd import fastwrite
+from pushd.outlet import Outlet
+
+
+class Sink(Protocol):
+    """The client side: collects bytes, fires ``until`` once it has ``want`` bytes."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.want = -1
+        self.until: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.want >= 0 and len(self.data) >= self.want and not self.until.called:
+            self.until.callback(self.data)
+
+    def expect(self, n: int) -> Deferred[bytes]:
+        self.want = n
+        if len(self.data) >= n and not self.until.called:
+            self.until.callback(self.data)
+        return self.until
+
+
+class Held(Protocol):
+    """The server side: tells the test its transport once connected."""
+
+    def __init__(self, made: Deferred[Any]) -> None:
+        self.made = made
+
+    def connectionMade(self) -> None:
+        self.made.callback(self.transport)
+
+
+async def pair() -> tuple[Any, Sink, Any]:
+    """(server transport, client protocol, listening port) over 127.0.0.1."""
+    connected: Deferred[Any] = Deferred()
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: Held(connected)),
+                             interface="127.0.0.1")
+    sink = Sink()
+    client_made: Deferred[None] = Deferred()
+
+    class Client(ClientFactory):
+        def buildProtocol(self, addr: Any) -> Sink:
+            reactor.callLater(0, client_made.callback, None)
+            return sink
+
+    reactor.connectTCP("127.0.0.1", port.getHost().port, Client())
+    transport = await connected
+    await client_made
+    return transport, sink, port
+
+
+async def close(transport: Any, sink: Sink, port: Any) -> None:
+    transport.abortConnection()
+    if sink.transport is not None:
+        sink.transport.abortConnection()
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_connection_sends_at_once_without_epoll_registration() -> None:
+    transport, sink, port = await pair()
+    try:
+        sock = fastwrite.socket_of(transport)
+        assert sock is transport.socket
+        assert transport not in reactor.getWriters()
+        sent = fastwrite.write(transport, sock, b"data: hello\n\n")
+        assert sent == len(b"data: hello\n\n")
+        # nothing buffered, and the reactor was never asked to watch for writing
+        assert transport not in reactor.getWriters()
+        assert not transport._tempDataLen and not transport.dataBuffer
+        assert await sink.expect(13) == b"data: hello\n\n"
+    finally:
+        await close(transport, sink, port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_partial_send_buffers_the_rest_in_order() -> None:
+    transport, sink, port = await pair()
+    try:
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sink.transport.pauseProducing()  # the client stops reading
+        big = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than the kernel takes
+        sock = fastwrite.socket_of(transport)
+        sent = fastwrite.write(transport, sock, big)
+        assert 0 < sent < len(big)
+        assert transport._tempDataLen == len(big) - sent
+        assert transport in reactor.getWriters()
+        # the buffer is not empty now, so this goes behind it, not around it
+        assert fastwrite.write(transport, sock, b"tail") == 0
+        assert transport._tempDataLen == len(big) - sent + 4
+        sink.transport.resumeProducing()
+        got = await sink.expect(len(big) + 4)
+        assert got == big + b"tail"
+        await deferLater(reactor, 0, lambda: None)
+        assert transport not in reactor.getWriters()
+    finally:
+        await close(transport, sink, port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_send_falls_back_to_transport_write() -> None:
+    transport, sink, port = await pair()
+    try:
+        transport.socket.shutdown(socket.SHUT_WR)  # send() now fails with EPIPE
+        sock = fastwrite.socket_of(transport)
+        assert fastwrite.write(transport, sock, b"late") == 0
+        assert transport._tempDataLen == 4  # Twisted finds the error on its own write
+    finally:
+        await close(transport, sink, port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_transport_goes_through_transport_write() -> None:
+    transport, sink, port = await pair()
+    try:
+        transport.TLS = True  # what startTLS sets: bytes must go through TLS
+        written: list[bytes] = []
+        transport.write = written.append  # stands in for the TLS layer
+        assert fastwrite.socket_of(transport) is None
+        # even given the socket, a TLS connection is never written around
+        assert fastwrite.write(transport, transport.socket, b"x") == 0
+        assert written == [b"x"]
+    finally:
+        transport.TLS = False
+        del transport.write
+        await close(transport, sink, port)
+
+
+def test_non_tcp_transport_uses_transport_write() -> None:
+    t = StringTransport()
+    assert fastwrite.socket_of(t) is None
+    assert fastwrite.write(t, None, b"abc") == 0
+    assert t.value() == b"abc"
+
+
+def test_outlet_on_a_string_transport_keeps_its_semantics() -> None:
+    t = StringTransport()
+    dropped = []
+    outlet = Outlet(t, limit=10, on_overflow=lambda: dropped.append(1))
+    outlet.write(b"one")
+    assert t.value() == b"one"
+    outlet.pauseProducing()
+    outlet.write(b"two")
+    outlet.write(b"three")
+    assert t.value() == b"one"
+    outlet.resumeProducing()  # everything that waited, in one write
+    assert t.value() == b"onetwothree"
+    outlet.pauseProducing()
+    outlet.write(b"x" * 11)
+    assert dropped == [1] and t.disconnecting
+
+
+@pytest_twisted.ensureDeferred
+async def test_outlet_writes_directly_when_idle_and_queues_when_paused() -> None:
+    transport, sink, port = await pair()
+    try:
+        outlet = Outlet(transport, limit=1 << 20)
+        transport.registerProducer(outlet, True)
+        outlet.write(b"a1")
+        assert transport not in reactor.getWriters()
+        outlet.pauseProducing()
+        outlet.write(b"b2")
+        outlet.write(b"c3")
+        assert outlet.queued == 4
+        outlet.resumeProducing()
+        assert await sink.expect(6) == b"a1b2c3"
+        assert outlet.sent == 6
+        transport.unregisterProducer()
+    finally:
+        await close(transport, sink, port)
