@@ -35,7 +35,8 @@ CLIENT_SATURATED = 0.90  # client CPU / wall above this: the client was the limi
 class Counts:
     fanout_subs: int = 1000
     fanout_messages: int = 2000
-    fanout_rate: int = 100
+    fanout_rate: int = 50
+    fast_rate: int = 100  # SSE only: the p99 target's rate
     scale_conns: int = 10000
     trickle_messages: int = 20
     trickle_rate: int = 4
@@ -47,7 +48,7 @@ class Counts:
 
 
 QUICK = Counts(
-    fanout_subs=200, fanout_messages=300, fanout_rate=100, scale_conns=1000,
+    fanout_subs=200, fanout_messages=300, fanout_rate=50, fast_rate=100, scale_conns=1000,
     trickle_messages=5, trickle_rate=5, cost_messages=20, cost_rate=10,
     poll_interval=0.5, channels=1000, channel_messages=500,
 )
@@ -196,6 +197,10 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
                     subs_per_channel=c.fanout_subs, messages=c.fanout_messages,
                     rate=c.fanout_rate, timeout=c.fanout_messages / c.fanout_rate + 30)
         for name in servers:
+            run("fanout-fast", name, "sse", channels=[channel("r")],
+                subs_per_channel=c.fanout_subs, messages=c.fanout_messages,
+                rate=c.fast_rate, timeout=c.fanout_messages / c.fast_rate + 30)
+        for name in servers:
             for t in ("sse", "ws", "stream"):
                 run("fanout-max", name, t, channels=[channel("m")],
                     subs_per_channel=c.fanout_subs, messages=c.fanout_messages,
@@ -247,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--servers", default="pushd,nchan,node")
     p.add_argument("--scenarios", default="fanout,scale,cost,channels")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--pushd-src", default=None,
+                   help="run the pushd package found in this directory (before/after runs)")
     p.add_argument("--label", default="", help="added to the report's file name and title")
     for f, v in vars(Counts()).items():
         p.add_argument("--" + f.replace("_", "-"), type=type(v), default=None)
@@ -256,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(args, f)
         if v is not None:
             setattr(counts, f, v)
+    if args.pushd_src:
+        SERVERS["pushd"].source = str(Path(args.pushd_src).resolve())
     servers = ensure_deps([s for s in args.servers.split(",") if s])
     only = set(args.scenarios.split(","))
     started = time.time()

@@ -59,6 +59,9 @@ class Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def env(self) -> dict[str, str] | None:
+        return None
+
     @property
     def pid(self) -> int:
         assert self.proc is not None
@@ -68,7 +71,7 @@ class Server:
         log = open(self.dir / "stdout.log", "wb")
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
-            preexec_fn=_raise_nofile,
+            preexec_fn=_raise_nofile, env=self.env(),
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -112,10 +115,19 @@ class Pushd(Server):
         "poll": {"kind": "poll", "path": "/channels/{ch}/poll"},
     }
 
+    #: a directory holding the ``pushd`` package to run instead of this
+    #: checkout's (e.g. ``git archive`` of a commit, for before/after runs)
+    source: str | None = None
+
     def __init__(self, python: str | None = None, label: str = "pushd") -> None:
         self.name = label
         super().__init__()
         self.python = python or sys.executable
+
+    def env(self) -> dict[str, str] | None:
+        if not self.source:
+            return None
+        return {**os.environ, "PYTHONPATH": self.source}
 
     def command(self) -> list[str]:
         cfg = self.dir / "pushd.toml"
