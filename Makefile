@@ -28,3 +28,11 @@ test: $(STAMP) lint
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# -- benchmark (issue 6): pushd vs Nchan vs Node on loopback -----------------
+# Writes bench/results/<date>.md + .svg. BENCH_ARGS=--quick for a smoke run.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/pip install -q uvloop
+	cd bench/node && npm ci --no-audit --no-fund
+	$(BIN)/python -m bench $(BENCH_ARGS)
