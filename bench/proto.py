@@ -11,6 +11,7 @@ so a message split across reads is found once.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -227,5 +228,5 @@ def percentile(sorted_values: list[int] | list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted list (0 for an empty one)."""
     if not sorted_values:
         return 0.0
-    k = max(0, min(len(sorted_values) - 1, round(q / 100.0 * len(sorted_values) + 0.5) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100.0 * len(sorted_values)) - 1))
     return float(sorted_values[k])
