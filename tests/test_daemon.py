@@ -143,7 +143,8 @@ def test_nothing_listens_or_runs_before_start() -> None:
     clock = MemoryReactorClock()
     service = makeService(options("--listen", "tcp:8123:interface=127.0.0.1"), reactor=clock)
     names = [type(s).__name__ for s in service]
-    assert names == ["MemoryBroker", "Ticker", "Listener"]
+    # The broker starts first and stops last; listeners start last and stop first.
+    assert names == ["MemoryBroker", "Ticker", "StatusSource", "Listener"]
     assert clock.tcpServers == [] and clock.getDelayedCalls() == []
     service.startService()
     assert [(port, iface) for port, _, _, iface in clock.tcpServers] == [(8123, "127.0.0.1")]
