@@ -16,7 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from pushd.config import DEFAULT_LISTEN, ConfigError, load
 from pushd.tap import Options, makeService
-from tests.test_sources_config import Daemon, bounded
+from tests.process import Child, bounded
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -156,7 +156,7 @@ def test_nothing_listens_or_runs_before_start() -> None:
 @pytest_twisted.ensureDeferred
 async def test_twistd_runs_the_installed_daemon(tmp_path: Path) -> None:
     """The console script from the venv, outside the checkout, with defaults."""
-    daemon = Daemon()
+    daemon = Child()
     argv = [
         str(BIN / "twistd"),
         "-n",

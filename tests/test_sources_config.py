@@ -9,64 +9,13 @@ child. Everything waits on Deferreds fired by the child's output or exit.
 from __future__ import annotations
 
 import os
-import re
-import socket
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest_twisted
 import treq
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 
-from tests.test_sources_base import bounded
-
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = "from twisted.scripts.twistd import run; run()"
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (so sources must retry)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Daemon(ProcessProtocol):
-    """Collects the daemon's log; fires Deferreds on log patterns and on exit."""
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.exited: Deferred[Any] = Deferred()
-        self._waiting: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
-
-    def wait_for(self, pattern: bytes) -> Deferred[re.Match[bytes]]:
-        d: Deferred[re.Match[bytes]] = Deferred()
-        self._waiting.append((re.compile(pattern), d))
-        self._check()
-        return bounded(d, 30)
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        self._check()
-
-    errReceived = outReceived
-
-    def _check(self) -> None:
-        fire = []
-        for entry in list(self._waiting):
-            match = entry[0].search(self.output)
-            if match:
-                self._waiting.remove(entry)  # before callback: it may call wait_for
-                fire.append((entry[1], match))
-        for d, match in fire:
-            d.callback(match)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.exited.callback((reason.value.exitCode, reason.value.signal))
+from tests.process import bounded, free_port, spawn_pushd, started_port
 
 
 @pytest_twisted.ensureDeferred
@@ -74,8 +23,7 @@ async def test_every_source_type_starts_and_stops_under_twistd(tmp_path: Path) -
     log = tmp_path / "app.log"
     log.write_text("")
     script = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.5)\n"
-    config = tmp_path / "pushd.toml"
-    config.write_text(f"""
+    config = f"""
 [[source]]
 type = "ticker"
 channel = "ticker"
@@ -95,26 +43,23 @@ path = {str(log)!r}
 [[source]]
 type = "http"
 channel = "http-out"
-url = "http://127.0.0.1:{closed_port()}/events"
+url = "http://127.0.0.1:{free_port()}/events"
 format = "sse"
 backoff_initial = 0.2
 
 [[source]]
 type = "redis"
-endpoint = "tcp:host=127.0.0.1:port={closed_port()}"
+endpoint = "tcp:host=127.0.0.1:port={free_port()}"
 channels = ["news"]
 channel = "redis.{{channel}}"
 backoff_initial = 0.2
-""")
-    daemon = Daemon()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "pushd",
-            "--config", str(config), "--listen", "tcp:0:interface=127.0.0.1"]
-    process = reactor.spawnProcess(daemon, sys.executable, argv, env=env, path=str(tmp_path))
+"""
+    daemon, process = spawn_pushd(tmp_path, "--listen", "tcp:0:interface=127.0.0.1", config=config)
     try:
-        port = int((await daemon.wait_for(rb"starting on (\d+)")).group(1))
-        child = int((await daemon.wait_for(rb"source exec:exec-out: started \S+ \(pid (\d+)\)"))
-                    .group(1))
+        port = await started_port(daemon)
+        child = int(
+            (await daemon.wait_for(rb"source exec:exec-out: started \S+ \(pid (\d+)\)")).group(1)
+        )
         await daemon.wait_for(rb"source file:file-out: following")
         await daemon.wait_for(rb"source http:http-out retrying")
         await daemon.wait_for(rb"source redis:\S+ retrying")
@@ -142,13 +87,8 @@ backoff_initial = 0.2
 
 @pytest_twisted.ensureDeferred
 async def test_a_bad_source_table_stops_twistd_with_the_key_named(tmp_path: Path) -> None:
-    config = tmp_path / "pushd.toml"
-    config.write_text('[[source]]\ntype = "exec"\nchannel = "x"\ncommand = ["true"]\nshel = 1\n')
-    daemon = Daemon()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "pushd",
-            "--config", str(config), "--listen", "tcp:0:interface=127.0.0.1"]
-    reactor.spawnProcess(daemon, sys.executable, argv, env=env, path=str(tmp_path))
+    config = '[[source]]\ntype = "exec"\nchannel = "x"\ncommand = ["true"]\nshel = 1\n'
+    daemon, _ = spawn_pushd(tmp_path, "--listen", "tcp:0:interface=127.0.0.1", config=config)
     status, _ = await bounded(daemon.exited, 30)
     assert status != 0
     assert b"[[source]] exec: unknown setting 'shel'" in daemon.output, daemon.output
