@@ -32,3 +32,11 @@ class PushdError(Exception):
 
 def bad_request(code: str, message: str) -> PushdError:
     return PushdError(400, code, message)
+
+
+class LimitError(PushdError):
+    """A 503 at a configured limit, telling the client when to try again."""
+
+    def __init__(self, code: str, message: str, retry_after: int) -> None:
+        super().__init__(503, code, message)
+        self.retry_after = retry_after

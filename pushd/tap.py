@@ -24,7 +24,6 @@ from twisted.python import usage
 from pushd import config, sources
 from pushd.broker.memory import MemoryBroker
 from pushd.config import ConfigError, Settings
-from pushd.limits import LimitedMemoryBroker
 from pushd.metrics import metrics_resource, ops_root
 from pushd.outlet import Registry
 from pushd.systemd import Notifier
@@ -156,12 +155,13 @@ class Daemon(MultiService):
         self.settings = settings
         self.reactor = reactor
         limits = settings.limits
-        # The channel limit costs a check per publish; without one, the plain broker.
-        broker_class = LimitedMemoryBroker if limits.max_channels else MemoryBroker
-        self.broker = broker_class(reactor, settings.history.size, settings.history.ttl)
-        if isinstance(self.broker, LimitedMemoryBroker):
-            self.broker.max_channels = limits.max_channels
-            self.broker.retry_after = limits.retry_after
+        self.broker = MemoryBroker(
+            reactor,
+            settings.history.size,
+            settings.history.ttl,
+            max_channels=limits.max_channels,
+            retry_after=limits.retry_after,
+        )
         self.broker.setServiceParent(self)
         # Not a child service: it must ping through the whole drain and stop
         # last, so the daemon starts and stops it itself.

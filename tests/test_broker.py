@@ -251,3 +251,17 @@ def test_live_messages_that_overlap_an_async_replay_are_delivered_once() -> None
     sub.start([m(2), m(3)], after=1)
     hub.fanout(m(5))
     assert r.ids == ["ep-2", "ep-3", "ep-4", "ep-5"]
+
+
+def test_max_channels_refuses_new_channels_only_and_stores_nothing() -> None:
+    from pushd.errors import LimitError
+
+    broker = MemoryBroker(Clock(), epoch="ep", max_channels=2, retry_after=9)
+    publish(broker, "a")
+    publish(broker, "b")
+    publish(broker, "a")  # an existing channel is always fine
+    f = sync.failureResultOf(broker.publish("c", "x"), LimitError)
+    assert (f.value.status, f.value.retry_after) == (503, 9)
+    sync.failureResultOf(broker.publish_many([("a", 1, "message"), ("d", 2, "message")]))
+    assert sync.successResultOf(broker.info("a")).history == 2  # the batch stored nothing
+    assert broker.channel_count() == 2

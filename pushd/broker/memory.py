@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 import secrets
 from collections import deque
-from typing import Any, Sequence
+from functools import wraps
+from typing import Any, Callable, Sequence, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -25,10 +26,25 @@ from twisted.internet.task import LoopingCall
 
 from pushd.broker.hub import Hub, LocalSubscription
 from pushd.broker.interface import BrokerStats, ChannelInfo, Page, Subscriber
-from pushd.errors import PushdError
+from pushd.errors import LimitError, PushdError
 from pushd.model import Message, check_channel, check_event
 
 _SEQ_RE = re.compile(r"[0-9]{1,19}\Z")
+T = TypeVar("T")
+
+
+def _answer(method: Callable[..., T]) -> Callable[..., Deferred[T]]:
+    """Run a synchronous broker call and answer as the interface does, with a
+    Deferred; a PushdError (bad name, a limit) becomes a failed one."""
+
+    @wraps(method)
+    def wrapper(*args: Any, **kw: Any) -> Deferred[T]:
+        try:
+            return succeed(method(*args, **kw))
+        except PushdError:
+            return fail()
+
+    return wrapper
 
 
 class _Channel:
@@ -43,7 +59,14 @@ class _Channel:
 
 
 class MemoryBroker(Service):
-    """History bounded by ``size`` messages and ``ttl`` seconds per channel."""
+    """History bounded by ``size`` messages and ``ttl`` seconds per channel.
+
+    ``max_channels`` (0: no limit) bounds the channels a publish may create:
+    an unending stream of publishes to fresh names is what would otherwise
+    grow without end. Subscribing never counts against it; channels made
+    only by subscribers are bounded by the connection limits and are freed
+    when they leave.
+    """
 
     def __init__(
         self,
@@ -52,6 +75,8 @@ class MemoryBroker(Service):
         ttl: float = 3600,
         epoch: str | None = None,
         sweep_interval: float = 60.0,
+        max_channels: int = 0,
+        retry_after: int = 5,
     ) -> None:
         self.clock = clock
         self.size = size
@@ -64,6 +89,8 @@ class MemoryBroker(Service):
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = clock
         self._sweep_interval = sweep_interval
+        self.max_channels = max_channels
+        self.retry_after = retry_after
 
     # -- service ---------------------------------------------------------
     def startService(self) -> None:
@@ -76,20 +103,30 @@ class MemoryBroker(Service):
         return super().stopService()
 
     # -- publishing ------------------------------------------------------
-    def publish(self, channel: str, data: Any, event: str = "message") -> Deferred[Message]:
-        try:
-            check_channel(channel)
-            event = check_event(event)
-        except PushdError:
-            return fail()
-        return succeed(self._publish(channel, data, event))
+    @_answer
+    def publish(self, channel: str, data: Any, event: str = "message") -> Message:
+        check_channel(channel)
+        event = check_event(event)
+        self._check_room({channel})
+        return self._publish(channel, data, event)
 
-    def publish_many(self, items: Sequence[tuple[str, Any, str]]) -> Deferred[list[Message]]:
-        try:
-            checked = [(check_channel(c), d, check_event(e)) for c, d, e in items]
-        except PushdError:
-            return fail()
-        return succeed([self._publish(c, d, e) for c, d, e in checked])
+    @_answer
+    def publish_many(self, items: Sequence[tuple[str, Any, str]]) -> list[Message]:
+        checked = [(check_channel(c), d, check_event(e)) for c, d, e in items]
+        self._check_room({c for c, _, _ in checked})
+        return [self._publish(c, d, e) for c, d, e in checked]
+
+    def _check_room(self, names: set[str]) -> None:
+        """Refuse, before anything is stored, publishes past ``max_channels``."""
+        if not self.max_channels:
+            return
+        new = names - self._channels.keys()
+        if new and len(self._channels) + len(new) > self.max_channels:
+            raise LimitError(
+                "too_many_channels",
+                f"this server holds its limit of {self.max_channels} channels",
+                self.retry_after,
+            )
 
     def _publish(self, name: str, data: Any, event: str) -> Message:
         ch = self._channels.get(name)
@@ -130,51 +167,34 @@ class MemoryBroker(Service):
             sub.start([m for m in ch.history if m.seq > after], after=after)
         return sub
 
-    def read(self, channel: str, since: str | None, limit: int) -> Deferred[Page]:
-        try:
-            check_channel(channel)
-        except PushdError:
-            return fail()
-        ch = self._channels.get(channel)
-        if ch is not None:
-            self._expire(ch, self.clock.seconds())
+    @_answer
+    def read(self, channel: str, since: str | None, limit: int) -> Page:
+        ch = self._current(check_channel(channel))
         if since is None:
             if ch is None:
-                return succeed(Page([], None))
-            messages = list(ch.history)[-limit:] if limit > 0 else []
-            return succeed(Page(messages, ch.last_id))
+                return Page([], None)
+            return Page(list(ch.history)[-limit:] if limit > 0 else [], ch.last_id)
         after = self._position(ch, since) if ch is not None else None
         if after is None:
             self.stats.resets += 1
-            return succeed(Page([], ch.last_id if ch else None, reset=True))
+            return Page([], ch.last_id if ch else None, reset=True)
         assert ch is not None
         messages = [m for m in ch.history if m.seq > after][:limit]
-        return succeed(Page(messages, messages[-1].id if messages else since))
+        return Page(messages, messages[-1].id if messages else since)
 
-    def info(self, channel: str) -> Deferred[ChannelInfo | None]:
-        try:
-            check_channel(channel)
-        except PushdError:
-            return fail()
-        ch = self._channels.get(channel)
-        if ch is not None:
-            self._expire(ch, self.clock.seconds())
-            self._maybe_free(ch)
-            ch = self._channels.get(channel)
+    @_answer
+    def info(self, channel: str) -> ChannelInfo | None:
+        ch = self._current(check_channel(channel))
         if ch is None:
-            return succeed(None)
-        return succeed(ChannelInfo(channel, ch.last_id, self.hub.count(channel), len(ch.history)))
+            return None
+        return ChannelInfo(channel, ch.last_id, self.hub.count(channel), len(ch.history))
 
-    def delete(self, channel: str) -> Deferred[int | None]:
-        try:
-            check_channel(channel)
-        except PushdError:
-            return fail()
-        ch = self._channels.pop(channel, None)
-        if ch is None:
-            return succeed(None)
+    @_answer
+    def delete(self, channel: str) -> int | None:
+        if self._channels.pop(check_channel(channel), None) is None:
+            return None
         self.stats.channels = len(self._channels)
-        return succeed(self.hub.close(channel))
+        return self.hub.close(channel)
 
     def subscribers(self, channel: str) -> int:
         return self.hub.count(channel)
@@ -195,6 +215,14 @@ class MemoryBroker(Service):
         for ch in list(self._channels.values()):
             self._expire(ch, now)
             self._maybe_free(ch)
+
+    def _current(self, name: str) -> _Channel | None:
+        """The channel with its expired history dropped, or None if it is gone."""
+        ch = self._channels.get(name)
+        if ch is not None:
+            self._expire(ch, self.clock.seconds())
+            self._maybe_free(ch)
+        return self._channels.get(name)
 
     def _create(self, name: str) -> _Channel:
         ch = self._channels[name] = _Channel(name, self._seq)
