@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
+from pushd.broker.interface import Broker
+from pushd.config import Settings
 from pushd.errors import PushdError, bad_request
+from pushd.outlet import Registry
 from pushd.wire import dumps
 
 JSON = b"application/json"
@@ -88,10 +92,10 @@ class Context:
 
     def __init__(
         self,
-        broker: Any,
-        settings: Any,
-        clock: Any,
-        registry: Any,
+        broker: Broker,
+        settings: Settings,
+        clock: IReactorTime,
+        registry: Registry,
     ) -> None:
         self.broker = broker
         self.settings = settings
