@@ -102,6 +102,8 @@ class Subscriber(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.send(self.request())
+        if self.kind == "longpoll":
+            self.ready.set_result(None)  # a held long-poll answers only with a message
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -399,7 +401,11 @@ async def main(spec: dict[str, Any]) -> None:
 
 
 def run(argv: list[str]) -> None:
-    spec = json.loads(argv[1])
+    arg = argv[1]
+    if arg.startswith("@"):
+        with open(arg[1:]) as f:
+            arg = f.read()
+    spec = json.loads(arg)
     try:
         import uvloop
     except ImportError:  # still works, slower: the report says which loop ran
