@@ -33,6 +33,6 @@ clean:
 # Writes bench/results/<date>.md + .svg. BENCH_ARGS=--quick for a smoke run.
 .PHONY: bench
 bench: $(STAMP)
-	$(BIN)/pip install -q uvloop
+	$(BIN)/pip install -q -e ".[bench]" --config-settings editable_mode=compat
 	cd bench/node && npm ci --no-audit --no-fund
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -189,3 +189,73 @@ async def test_outlet_writes_directly_when_idle_and_queues_when_paused() -> None
         transport.unregisterProducer()
     finally:
         await close(transport, sink, port)
+
+
+# -- the end-of-turn flush ----------------------------------------------------
+class CountingTransport(StringTransport):
+    """Counts the writes an outlet makes: one per send it asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def test_writes_in_one_turn_leave_in_one_write_at_its_end() -> None:
+    from twisted.internet.task import Clock
+
+    from pushd.outlet import Flusher
+
+    clock = Clock()
+    flusher = Flusher(clock)
+    transports = [CountingTransport() for _ in range(3)]
+    outlets = [Outlet(t, 1024, flusher=flusher) for t in transports]
+    for message in (b"one\n", b"two\n", b"three\n"):
+        for outlet in outlets:
+            outlet.write(message)
+    assert [t.writes for t in transports] == [0, 0, 0]
+    assert len(clock.getDelayedCalls()) == 1  # one timer for every outlet
+    clock.advance(0)
+    assert [t.writes for t in transports] == [1, 1, 1]
+    assert {t.value() for t in transports} == {b"one\ntwo\nthree\n"}
+
+
+def test_a_paused_outlet_keeps_its_bytes_past_the_turn_and_is_bounded() -> None:
+    from twisted.internet.task import Clock
+
+    from pushd.outlet import Flusher
+
+    clock = Clock()
+    transport = CountingTransport()
+    dropped = []
+    outlet = Outlet(transport, 10, lambda: dropped.append(1), Flusher(clock))
+    outlet.write(b"abc")
+    outlet.pauseProducing()
+    clock.advance(0)
+    assert transport.value() == b""  # paused: nothing goes out at the end of the turn
+    outlet.write(b"defg")
+    outlet.resumeProducing()
+    assert transport.value() == b"abcdefg"
+    outlet.pauseProducing()
+    outlet.write(b"x" * 11)
+    assert dropped == [1] and outlet.ended
+    clock.advance(0)
+    assert transport.value() == b"abcdefg"
+
+
+def test_flush_sends_what_the_turn_holds_before_a_clean_end() -> None:
+    from twisted.internet.task import Clock
+
+    from pushd.outlet import Flusher
+
+    clock = Clock()
+    transport = CountingTransport()
+    outlet = Outlet(transport, 1024, flusher=Flusher(clock))
+    outlet.write(b"last words")
+    outlet.flush()
+    assert transport.value() == b"last words"
+    clock.advance(0)
+    assert transport.writes == 1

@@ -15,7 +15,7 @@ from twisted.web.server import Request
 from pushd.broker.interface import Broker
 from pushd.config import Settings
 from pushd.errors import PushdError, bad_request
-from pushd.outlet import Registry
+from pushd.outlet import Flusher, Registry
 from pushd.wire import dumps
 
 JSON = b"application/json"
@@ -101,3 +101,4 @@ class Context:
         self.settings = settings
         self.clock = clock
         self.registry = registry
+        self.flusher = Flusher(clock)  # one end-of-turn send per connection

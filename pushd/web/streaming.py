@@ -59,7 +59,7 @@ class Streamer:
         # proxies awake and a dead peer is found by a failed write.
         request.channel.setTimeout(None)
         transport = request.channel.transport
-        self.outlet = Outlet(transport, ctx.settings.limits.queue, self._overflowed)
+        self.outlet = Outlet(transport, ctx.settings.limits.queue, self._overflowed, ctx.flusher)
         request.registerProducer(self.outlet, True)
         ctx.registry.opened(self.name, self)
         heartbeat.add(self)

@@ -204,7 +204,9 @@ class WsProtocol(WebSocketServerProtocol):
         # The HTTP channel that parsed the handshake is still the transport's
         # producer; the outlet takes its place so a slow reader pauses us.
         transport.unregisterProducer()
-        self.outlet = Outlet(transport, self.ctx.settings.limits.queue, self._overflowed)
+        self.outlet = Outlet(
+            transport, self.ctx.settings.limits.queue, self._overflowed, self.ctx.flusher
+        )
         transport.registerProducer(self.outlet, True)
         self.ctx.registry.opened(TRANSPORT, self)
         if self.url_channel is not None:
@@ -325,10 +327,16 @@ class WsProtocol(WebSocketServerProtocol):
             self.maxMessagePayloadSize = limit
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """Our frames queue in the outlet; Autobahn's control frames go direct."""
+        """Our frames queue in the outlet; Autobahn's control frames go direct.
+
+        A control frame (ping, pong, close) first lets every frame the outlet
+        holds go out, so that nothing we sent before it arrives after it.
+        """
         if self._through_outlet and self.outlet is not None:
             self.outlet.write(data)
         else:
+            if self.outlet is not None:
+                self.outlet.flush()
             super().sendData(data, sync, chopsize)
 
     # -- ending ---------------------------------------------------------------
