@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import pytest
@@ -55,3 +56,18 @@ def start_daemon() -> Any:
 def running(start_daemon: Any) -> Running:
     """A daemon with default settings and no sources."""
     return start_daemon()  # type: ignore[no-any-return]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Any:
+    """Under CI (``CI=true``, set by .ci/run) a skipped test is a failure.
+
+    Tests skip only when a program they drive (redis-server, nginx, chromium)
+    is missing; CI installs all of them, so a skip there means a missing
+    install step, which must not hide behind a green run.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI (an install step is missing?): {report.longrepr}"
