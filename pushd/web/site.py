@@ -23,12 +23,13 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IProtocol
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from pushd.errors import PushdError
+from pushd.logs import level_from_env
 
 # Answered even past a limit or while draining: cheap, never held open.
 ALWAYS_SERVED = frozenset({b"/healthz", b"/readyz", b"/metrics"})
@@ -83,6 +84,10 @@ class Connections:
         self.per_address: Counter[str] = Counter()
         self.refused = 0
         self._empty: list[Deferred[None]] = []
+        # Per-connection lines only when asked for: twistd's default log
+        # observer shows every level, and formatting two lines per connection
+        # is most of what accepting one costs.
+        self.log_each = level_from_env() <= LogLevel.debug
 
     @property
     def total(self) -> int:
@@ -97,7 +102,8 @@ class Connections:
     def registerProtocol(self, conn: Connection) -> None:
         self.open.add(conn)
         self.per_address[conn.peer_host] += 1
-        log.debug("connection opened from {peer}", peer=conn.peer_host)
+        if self.log_each:
+            log.debug("connection opened from {peer}", peer=conn.peer_host)
 
     def unregisterProtocol(self, conn: Connection) -> None:
         if conn not in self.open:
@@ -106,7 +112,8 @@ class Connections:
         self.per_address[conn.peer_host] -= 1
         if self.per_address[conn.peer_host] <= 0:
             del self.per_address[conn.peer_host]
-        log.debug("connection closed from {peer}", peer=conn.peer_host)
+        if self.log_each:
+            log.debug("connection closed from {peer}", peer=conn.peer_host)
         if not self.open:
             waiting, self._empty = self._empty, []
             for d in waiting:
