@@ -8,6 +8,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -136,6 +137,36 @@ class Source(Service):
             "source {source} could not publish to {channel}: {why}",
             source=self.name, channel=channel, why=failure.getErrorMessage(),
         )
+
+
+class Periodic(Source):
+    """A source whose work is a timer: :meth:`tick` every ``interval`` seconds.
+
+    The ticker, the status source and the file follower share this, so the
+    timer starts and stops with the service in one place. ``tick_at_start``
+    says whether the first tick runs at start-up or one interval later.
+    """
+
+    tick_at_start = True
+
+    def __init__(self, broker: Broker, name: str, clock: IReactorTime, interval: float) -> None:
+        super().__init__(broker, name)
+        self.clock = clock
+        self.interval = interval
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = clock
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=self.tick_at_start)
+
+    def stopService(self) -> Deferred[None] | None:
+        if self._loop.running:
+            self._loop.stop()
+        return super().stopService()  # type: ignore[no-any-return]
 
 
 def decode_line(source: Source, line: bytes, as_json: bool) -> tuple[bool, Any]:

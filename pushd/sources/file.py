@@ -19,17 +19,17 @@ from __future__ import annotations
 import os
 from typing import IO, Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 
 from pushd.broker.interface import Broker
 from pushd.config import ConfigError
-from pushd.sources.base import LineBuffer, Settings, Source, decode_line
+from pushd.sources.base import LineBuffer, Periodic, Settings, decode_line
 
 MAX_READ = 1024 * 1024
 
 
-class FileSource(Source):
+class FileSource(Periodic):
     """Publishes each line appended to ``path`` to ``channel``."""
 
     def __init__(
@@ -44,13 +44,13 @@ class FileSource(Source):
         interval: float = 0.25,
         max_read: int = MAX_READ,
     ) -> None:
-        super().__init__(broker, f"file:{channel}")
-        self.clock = clock
+        # The first poll runs at start-up, so "start at the end" means the
+        # end as of start-up.
+        super().__init__(broker, f"file:{channel}", clock, interval)
         self.channel = channel
         self.path = path
         self.from_start = from_start
         self.as_json = as_json
-        self.interval = interval
         self.max_read = max_read
         self._file: IO[bytes] | None = None
         self._identity: tuple[int, int] | None = None
@@ -58,22 +58,14 @@ class FileSource(Source):
         self._lines = LineBuffer()
         self._opened_once = False
         self._missing_logged = False
-        self._loop = LoopingCall(self.poll)
-        self._loop.clock = clock
 
-    def startService(self) -> None:
-        super().startService()
-        # The first poll runs now, so "start at the end" means the end as of start-up.
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+    def stopService(self) -> Deferred[None] | None:
+        stopped = super().stopService()
         self._close()
-        super().stopService()
+        return stopped
 
     # -- one poll -------------------------------------------------------------
-    def poll(self) -> None:
+    def tick(self) -> None:
         """Read what is new; notice truncation, rotation and a missing file."""
         try:
             self._poll()

@@ -13,17 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 
 from pushd.broker.interface import Broker
 from pushd.outlet import TRANSPORTS, Registry
-from pushd.sources.base import Source
+from pushd.sources.base import Periodic
 
 CHANNEL = "pushd.status"
 EVENT = "status"
 
 
-class StatusSource(Source):
+class StatusSource(Periodic):
     """Publishes a snapshot of connections, rates and drops every ``interval`` seconds."""
 
     def __init__(
@@ -34,19 +33,15 @@ class StatusSource(Source):
         interval: float = 1.0,
         channel: str = CHANNEL,
     ) -> None:
-        super().__init__(broker, f"status:{channel}")
+        super().__init__(broker, f"status:{channel}", clock, interval)
         self.registry = registry
         self.channel = channel
-        self.interval = interval
         self.sent = 0  # our own messages, not counted as published
-        self._clock = clock
         self._last: tuple[float, int, dict[str, int]] | None = None
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = clock
 
     def snapshot(self) -> dict[str, Any]:
         """The numbers now, with rates since the previous snapshot."""
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         r = self.registry
         published = self.broker.stats.published - self.sent
         deliveries = {t: r.deliveries[t] for t in TRANSPORTS}
@@ -77,12 +72,3 @@ class StatusSource(Source):
             return
         self.sent += 1
         self.publish(self.channel, data, EVENT)
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-        super().stopService()

@@ -9,15 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 
 from pushd.broker.interface import Broker
 from pushd.config import ConfigError
-from pushd.sources.base import Settings, Source
+from pushd.sources.base import Periodic, Settings
 
 
-class Ticker(Source):
+class Ticker(Periodic):
     """Publishes ``{"n": N, "time": ms}`` or ``template`` with ``{n}`` filled in."""
+
+    tick_at_start = False
 
     def __init__(
         self,
@@ -27,32 +28,19 @@ class Ticker(Source):
         interval: float = 1.0,
         template: str | None = None,
     ) -> None:
-        super().__init__(broker, f"ticker:{channel}")
+        super().__init__(broker, f"ticker:{channel}", clock, interval)
         self.channel = channel
-        self.interval = interval
         self.template = template
         self.count = 0
-        self._clock = clock
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = clock
 
     def tick(self) -> None:
         self.count += 1
         data: Any
         if self.template is None:
-            data = {"n": self.count, "time": int(self._clock.seconds() * 1000)}
+            data = {"n": self.count, "time": int(self.clock.seconds() * 1000)}
         else:
             data = self.template.format(n=self.count)
         self.publish(self.channel, data)
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-        super().stopService()
 
 
 def from_config(table: dict[str, Any], broker: Broker, reactor: Any) -> Ticker:
