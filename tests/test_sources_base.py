@@ -61,11 +61,6 @@ class Collector:
         return d
 
 
-def bounded(d: Deferred[Any], timeout: float = TIMEOUT) -> Deferred[Any]:
-    """``d`` failing with TimeoutError instead of hanging the suite."""
-    return d.addTimeout(timeout, reactor)
-
-
 # -- Backoff ------------------------------------------------------------------
 def test_backoff_doubles_up_to_the_cap() -> None:
     clock = Clock()

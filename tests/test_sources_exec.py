@@ -20,7 +20,8 @@ from pushd.config import ConfigError
 from pushd.sources import build
 from pushd.sources.base import Backoff
 from pushd.sources.exec import Exec
-from tests.test_sources_base import Collector, bounded
+from tests.process import bounded
+from tests.test_sources_base import Collector
 
 FOREVER = "import time\nwhile True: time.sleep(60)\n"
 

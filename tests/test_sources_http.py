@@ -23,7 +23,8 @@ from pushd.config import ConfigError
 from pushd.sources import build
 from pushd.sources.base import Backoff
 from pushd.sources.http import HttpSource, SSEParser
-from tests.test_sources_base import Collector, bounded
+from tests.process import bounded
+from tests.test_sources_base import Collector
 
 
 class Upstream(Resource):

@@ -20,8 +20,9 @@ from pushd.config import ConfigError
 from pushd.sources import build
 from pushd.sources.base import Backoff
 from pushd.sources.redis import RedisSource
+from tests.process import bounded
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
-from tests.test_sources_base import Collector, bounded
+from tests.test_sources_base import Collector
 
 
 def make(server: RedisServer, **kw: Any) -> tuple[RedisSource, MemoryBroker]:
