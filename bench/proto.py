@@ -118,6 +118,59 @@ class SequenceChecker:
         return self.count() - self.index + self.gaps
 
 
+MARK = b'"s":'
+
+
+class MarkCounter:
+    """Counts message starts (``"s":``) in a stream fed in pieces, cheaply.
+
+    The load generator's read path only records what arrived and when
+    (parsing comes after the run, see :func:`replay`); this count is how it
+    knows, while the run goes on, that every message is in. The last three
+    bytes of each piece are carried over, so a marker split across two
+    reads is counted once; three bytes cannot hold a whole marker, so none
+    is counted twice.
+    """
+
+    __slots__ = ("tail",)
+
+    def __init__(self) -> None:
+        self.tail = b""
+
+    def feed(self, data: bytes) -> int:
+        buf = self.tail + data if self.tail else data
+        self.tail = buf[-3:]
+        return buf.count(MARK)
+
+
+def replay(
+    recording: list[tuple[int, bytes]], ws: bool = False
+) -> tuple[list[tuple[int, int, int]], int]:
+    """Parse a recorded connection after the run.
+
+    ``recording`` holds ``(arrival_ns, bytes)`` per read, after the response
+    head. Returns ``[(seq, sent_us, arrival_us), ...]`` in arrival order and
+    how many WebSocket pings (opcode 9) arrived; a message's arrival time is
+    that of the read that completed it.
+    """
+    scanner = SeqScanner()
+    out: list[tuple[int, int, int]] = []
+    pings = 0
+    buf = b""
+    for t_ns, data in recording:
+        t_us = t_ns // 1000
+        if ws:
+            frames, buf = ws_frames(buf + data)
+            for opcode, payload in frames:
+                if opcode == 9:
+                    pings += 1
+                elif opcode in (0, 1):
+                    out.extend((s, t, t_us) for s, t in scanner.feed(payload))
+        else:
+            out.extend((s, t, t_us) for s, t in scanner.feed(data))
+    return out, pings
+
+
 # -- HTTP/1.1 responses -------------------------------------------------------
 @dataclass
 class Head:

@@ -136,6 +136,9 @@ class Pushd(Server):
             "[history]\nsize = 1000\n"
             "[stream]\nmax_bytes = 1073741824\n"
             "[web]\ndemo = false\n"
+            # The load generator does not answer pings (it only records what
+            # arrives); Nchan sends none by default either.
+            "[websocket]\nping_interval = 0\n"
         )
         listen = f"tcp:{self.port}:interface=127.0.0.1:backlog=4096"
         return [

@@ -6,11 +6,13 @@ import json
 
 from bench.proto import (
     BodyReader,
+    MarkCounter,
     SeqScanner,
     SequenceChecker,
     make_body,
     parse_head,
     percentile,
+    replay,
     ws_client_frame,
     ws_frames,
 )
@@ -141,3 +143,32 @@ def test_percentile() -> None:
     assert percentile(values, 99) == 99
     assert percentile(values, 100) == 100
     assert percentile([], 99) == 0.0
+
+
+def test_mark_counter_counts_each_message_once_however_split() -> None:
+    stream = b"retry: 3000\n\n" + b"".join(sse(i) for i in range(1, 21))
+    for step in (1, 2, 3, 4, 5, 64, len(stream)):
+        counter = MarkCounter()
+        total = sum(counter.feed(stream[i : i + step]) for i in range(0, len(stream), step))
+        assert total == 20, step
+
+
+def test_replay_stream_gives_seq_send_time_and_arrival_of_the_completing_read() -> None:
+    stream = sse(1) + sse(2)
+    cut = len(sse(1)) + 10  # message 2 is completed by the second read
+    found, pings = replay([(5_000_000, stream[:cut]), (9_000_000, stream[cut:])])
+    assert found == [(1, 1001, 5000), (2, 1002, 9000)] and pings == 0
+
+
+def test_replay_ws_frames_split_across_reads_and_counts_pings() -> None:
+    def frame(opcode: int, payload: bytes) -> bytes:
+        n = len(payload)
+        head = bytes([0x80 | opcode, n]) if n < 126 else bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+        return head + payload
+
+    wire = frame(1, make_body(1, 7)) + frame(9, b"hi") + frame(1, make_body(2, 8))
+    reads = [(1000 * (i + 1), wire[i : i + 50]) for i in range(0, len(wire), 50)]
+    found, pings = replay(reads, ws=True)
+    assert [(s, t) for s, t, _ in found] == [(1, 7), (2, 8)] and pings == 1
+    last_read_us = reads[-1][0] // 1000
+    assert found[-1][2] == last_read_us

@@ -14,7 +14,7 @@ from tests.clients import RawHTTP, get_request, subscribed
 
 def gone(connection: Any) -> Deferred[None]:
     """Fires when the server side of a held request or stream has ended."""
-    d: Deferred[Any] = getattr(connection, "answer", None) or connection.done
+    d: Deferred[Any] = getattr(connection, "answer", None) or connection.when_ended()
     ended: Deferred[None] = Deferred()
     d.addBoth(lambda _: ended.callback(None))
     return ended.addTimeout(10, reactor)

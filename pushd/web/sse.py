@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pushd.model import check_channel
@@ -41,7 +41,7 @@ class SseStreamer(Streamer):
 
 def events(
     ctx: Context, request: Request, channel: str, heartbeat: Heartbeat
-) -> Deferred[None] | bytes:
+) -> Resource | bytes:
     check_channel(channel)
     since = header(request, "last-event-id") or arg(request, "lastEventId") or arg(request, "since")
     fmt = "sse-env" if arg(request, "envelope") in ("1", "true") else "sse"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 
-from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pushd.model import Message, check_channel
@@ -37,9 +37,9 @@ class NdjsonStreamer(Streamer):
 class GzipStreamer(NdjsonStreamer):
     """The same lines through one gzip stream, flushed after each."""
 
-    def prepare_headers(self) -> None:
-        self.request.setHeader(b"Content-Encoding", b"gzip")
-        self.request.setHeader(b"Vary", b"Accept-Encoding")
+    def prepare_headers(self, request: Request) -> None:
+        request.setHeader(b"Content-Encoding", b"gzip")
+        request.setHeader(b"Vary", b"Accept-Encoding")
         self.compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
 
     def write(self, data: bytes) -> None:
@@ -69,7 +69,7 @@ def _wants_gzip(request: Request) -> bool:
 
 def stream(
     ctx: Context, request: Request, channel: str, heartbeat: Heartbeat
-) -> Deferred[None] | bytes:
+) -> Resource | bytes:
     check_channel(channel)
     since = arg(request, "since") or None
     if request.method == b"HEAD":

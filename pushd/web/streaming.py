@@ -1,12 +1,21 @@
 """What SSE and the NDJSON stream share: one long response fed by a subscription.
 
-A :class:`Streamer` is the broker's subscriber for one response. It sends
-the status line and headers at once, then writes each message's cached,
-pre-framed bytes through an :class:`~pushd.outlet.Outlet` (bounded queue,
-push producer), beats on the transport's shared heartbeat, and ends in one
-of four ways: the client leaves (Klein cancels the handler's Deferred), the
-channel is deleted (``closed``), the byte budget is spent, or the daemon
-drains. Subclasses only say how messages and notices look.
+A :class:`Streamer` is the broker's subscriber for one response. twisted.web
+parses the request and writes the status line and headers (so every header
+the site adds, CORS included, is there as for any other answer); then the
+streamer **takes the connection over**, as a WebSocket upgrade does: it
+becomes the TCP connection's protocol, and the HTTP channel and its
+``Request`` are let go. What stays per open stream is the socket, this
+object, its :class:`~pushd.outlet.Outlet` and its broker subscription:
+no Request, headers or Deferred chains held for hours.
+
+Each message's cached, pre-framed bytes (chunked when the client speaks
+HTTP/1.1) go through the outlet (bounded queue, push producer). A streamer
+beats on its transport's shared heartbeat and ends in one of four ways: the
+client leaves (``connectionLost``), the channel is deleted (``closed``),
+the byte budget is spent, or the daemon drains. A clean end sends the last
+chunk and closes the connection. Subclasses only say how messages and
+notices look.
 """
 
 from __future__ import annotations
@@ -14,21 +23,76 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.server import Request
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from pushd.model import Message
 from pushd.outlet import Heartbeat, Outlet
 from pushd.web.common import Context
 from pushd.wire import chunk, encode
 
+LAST_CHUNK = b"0\r\n\r\n"
 
-class Streamer:
-    """One streaming response subscribed to one channel."""
+
+class _TakenOver(Resource):
+    """What a route returns once a streamer owns the connection.
+
+    Klein renders a returned resource; this one says the response is not
+    finished (``NOT_DONE_YET``), so neither Klein nor twisted.web writes
+    anything more on a connection that is no longer theirs.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> int:
+        return NOT_DONE_YET
+
+
+TAKEN_OVER = _TakenOver()
+
+
+def take_over(request: Request, protocol: Protocol) -> Any:
+    """Make ``protocol`` the protocol of ``request``'s connection; its transport.
+
+    The HTTP channel stops being the connection's protocol and producer and
+    loses its transport, so nothing it still holds can write; with no
+    reference left to it, it and the request are freed. Works for the three
+    ways a channel is wired: under :class:`pushd.web.site.Connection` on
+    plain TCP, under TLS (the channel's transport is a protocol wrapper),
+    and directly on a transport (tests).
+    """
+    channel = request.channel
+    channel.setTimeout(None)  # the channel's idle timer would hold it alive
+    transport, channel.transport = channel.transport, None
+    transport.unregisterProducer()  # the channel was the connection's producer
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    # the channel may have stopped reading while it handled the request;
+    # reading is how a closed connection is noticed
+    transport.resumeProducing()
+    # Where the old channel still hears the connection end (a test's
+    # in-memory pump talks to it directly), pass that on.
+    request.notifyFinish().addErrback(lambda f: protocol.connectionLost(f))
+    return transport
+
+
+class Streamer(Protocol):
+    """One streaming response subscribed to one channel; after its headers,
+    the protocol of its connection."""
 
     name = "stream"  # the transport, for counters
     content_type = b"application/octet-stream"
     log = Logger()
+    _waiters: list[Deferred[None]] | None = None  # made only when someone waits
 
     def __init__(
         self,
@@ -40,33 +104,36 @@ class Streamer:
         max_bytes: int = 0,
     ) -> None:
         self.ctx = ctx
-        self.request = request
         self.channel = channel
         self.max_bytes = max_bytes
         self.heartbeat_timer = heartbeat
         self.subscription: Any = None
-        self.done: Deferred[None] = Deferred(lambda d: self._lost())
         self.ended = False
         self.body_bytes = 0
         request.setHeader(b"Content-Type", self.content_type)
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        self.prepare_headers()
+        self.prepare_headers(request)
         request.write(b"")  # status line and headers go out now, before any message
         self.framed = bool(request.chunked)
         self.fmt = fmt + "+chunk" if self.framed else fmt
-        # Streams outlive the site's idle timeout by design; heartbeats keep
-        # proxies awake and a dead peer is found by a failed write.
-        request.channel.setTimeout(None)
-        transport = request.channel.transport
+        transport = take_over(request, self)
         self.outlet = Outlet(transport, ctx.settings.limits.queue, self._overflowed, ctx.flusher)
-        request.registerProducer(self.outlet, True)
+        transport.registerProducer(self.outlet, True)
         ctx.registry.opened(self.name, self)
         heartbeat.add(self)
 
+    # -- the connection, once taken over -------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        """A streaming client has nothing more to say; what it sends is dropped."""
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """The client went away."""
+        self._stop()
+
     # -- subclasses --------------------------------------------------------
-    def prepare_headers(self) -> None:
-        """Set extra headers before they are sent."""
+    def prepare_headers(self, request: Request) -> None:
+        """Set extra headers on ``request`` before they are sent."""
 
     def reset_bytes(self, channel: str, cursor: str | None) -> bytes:
         raise NotImplementedError
@@ -117,14 +184,14 @@ class Streamer:
         self.write(self.heartbeat_bytes())
 
     # -- ending ------------------------------------------------------------
-    def subscribe(self, since: str | None) -> Deferred[None]:
-        """Subscribe from ``since`` and return the Deferred Klein waits on."""
+    def subscribe(self, since: str | None) -> Resource:
+        """Subscribe from ``since``; return what the route returns to Klein."""
         sub = self.ctx.broker.subscribe(self.channel, self, since)
         if self.ended:  # ended during the replay itself (budget, slow client)
             sub.cancel()
         else:
             self.subscription = sub
-        return self.done
+        return TAKEN_OVER
 
     def end_politely(self) -> None:
         """Drain: say goodbye in this transport's way, then end."""
@@ -132,25 +199,40 @@ class Streamer:
         self.end()
 
     def end(self) -> None:
-        """End the response cleanly; the client reconnects with its cursor."""
+        """End the response cleanly and close; the client reconnects with its cursor.
+
+        What waited in the outlet and the last chunk go out before the close.
+        """
+        if self.ended:
+            return
         self.outlet.flush()
-        if self._stop():
-            self.request.unregisterProducer()
-            self.done.callback(None)  # Klein finishes the request
+        if self.framed:
+            self.outlet.write(LAST_CHUNK)
+            self.outlet.flush()
+        self._stop()
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _overflowed(self) -> None:
         self.ctx.registry.dropped[self.name] += 1
         self.log.warn(
             "dropped a slow {transport} client {peer} on {channel}",
             transport=self.name,
-            peer=self.request.getClientAddress(),
+            peer=self.transport.getPeer(),
             channel=self.channel,
         )
         self._stop()
 
-    def _lost(self) -> None:
-        """The client went away (Klein cancelled us)."""
-        self._stop()
+    def when_ended(self) -> Deferred[None]:
+        """Fires once this stream has ended, however it ended."""
+        d: Deferred[None] = Deferred()
+        if self.ended:
+            d.callback(None)
+        else:
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(d)
+        return d
 
     def _stop(self) -> bool:
         if self.ended:
@@ -163,4 +245,7 @@ class Streamer:
             self.subscription.cancel()
             self.subscription = None
         self.outlet.end()
+        waiters, self._waiters = self._waiters, None
+        for d in waiters or ():
+            d.callback(None)
         return True
