@@ -42,14 +42,16 @@ def write(transport: ITransport, sock: socket.socket | None, data: bytes) -> int
     finds the error and closes the connection the usual way.
     """
     t = transport
+    # Twisted holds nothing for the socket and is not closing it. (With an
+    # empty buffer Twisted has resumed its producer, so ``producerPaused``
+    # needs no look. TLS is looked at again: startTLS can come later.)
     if (
         sock is not None
-        and not t._tempDataLen  # type: ignore[attr-defined]
         and not t.dataBuffer  # type: ignore[attr-defined]
-        and t.connected  # type: ignore[attr-defined]
+        and not t._tempDataLen  # type: ignore[attr-defined]
         and not t.disconnecting  # type: ignore[attr-defined]
+        and t.connected  # type: ignore[attr-defined]
         and not t._writeDisconnecting  # type: ignore[attr-defined]
-        and not t.producerPaused  # type: ignore[attr-defined]
         and not t.TLS  # type: ignore[attr-defined]
     ):
         try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.web.server import Request
 
 from tests.clients import RawHTTP, get_request, subscribed
 
@@ -41,3 +44,25 @@ async def test_disconnect_unsubscribes(running: Any, transport: str, path: str) 
     assert running.broker.subscribers("c") == 0
     assert running.registry.count(transport) == 0
     assert running.broker.channel_count() == 0  # the empty channel was freed too
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_open_stream_holds_no_request(running: Any) -> None:
+    """SSE and NDJSON streams take their connection over after the headers:
+    while they stay open, no twisted.web Request (nor its headers and
+    Deferreds) stays alive for them."""
+
+    clients = [
+        await RawHTTP.open(running.port, get_request(path))
+        for path in ("/channels/c/events", "/channels/c/stream")
+    ]
+    await subscribed(running.broker, "c", 2)
+    # subscribed() can fire inside the route's own call; let that stack unwind
+    await deferLater(reactor, 0, lambda: None)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, Request)]
+    assert alive == []
+    mid = (await running.broker.publish("c", {"n": 1})).id
+    for client in clients:
+        await client.contains(mid.encode())
+        client.abort()

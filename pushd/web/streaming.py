@@ -106,6 +106,7 @@ class Streamer(Protocol):
         self.ctx = ctx
         self.channel = channel
         self.max_bytes = max_bytes
+        self.counts = ctx.registry.deliveries  # per transport, bumped per delivery
         self.heartbeat_timer = heartbeat
         self.subscription: Any = None
         self.ended = False
@@ -158,7 +159,10 @@ class Streamer(Protocol):
         # Runs once per subscriber per message: the cached bytes, one write.
         data = message.encoded.get(self.fmt) or encode(message, self.fmt)
         self.outlet.write(data)
-        self.delivered(len(data))
+        if self.max_bytes:
+            self.delivered(len(data))
+        else:
+            self.counts[self.name] += 1
 
     def delivered(self, size: int) -> None:
         """Count one delivery of ``size`` body bytes; end past the budget.
@@ -166,7 +170,7 @@ class Streamer(Protocol):
         The budget counts what the client accumulates (before any
         compression), which is what it bounds.
         """
-        self.ctx.registry.deliveries[self.name] += 1
+        self.counts[self.name] += 1
         self.body_bytes += size
         if self.max_bytes and self.body_bytes >= self.max_bytes:
             self.end()
