@@ -56,7 +56,7 @@ class Flusher:
             if queue and not outlet.paused and not outlet.ended:
                 data = queue[0] if len(queue) == 1 else b"".join(queue)
                 queue.clear()
-                outlet.queued = 0
+                outlet.sent += len(data)
                 send(outlet.transport, outlet.sock, data)
 
 
@@ -66,8 +66,9 @@ class Outlet:
 
     Bytes wait in ``queue`` until the :class:`Flusher` runs (without one,
     they are written at once). While the connection has paused the outlet,
-    they stay there; past ``limit`` bytes the connection is aborted and
-    ``on_overflow`` runs once.
+    they stay there, counted in ``queued``; past ``limit`` bytes the
+    connection is aborted and ``on_overflow`` runs once. ``sent`` counts
+    the bytes handed to the connection.
 
     On a plain TCP connection with nothing buffered, bytes are sent on the
     socket directly (:mod:`pushd.fastwrite`), sparing the reactor a register
@@ -109,15 +110,17 @@ class Outlet:
         self.waiting = False
 
     def write(self, data: bytes) -> None:
+        # Runs once per delivery: only the paused path counts bytes here;
+        # otherwise they are counted once per send, when they leave.
         if self.ended:
             return
-        self.sent += len(data)
         if self.flusher is None and not self.paused:
+            self.sent += len(data)
             fastwrite.write(self.transport, self.sock, data)
             return
         self.queue.append(data)
-        self.queued += len(data)
         if self.paused:
+            self.queued += len(data)
             if self.queued > self.limit:
                 self.overflow()
         elif not self.waiting:
@@ -153,6 +156,7 @@ class Outlet:
             data = queue[0] if len(queue) == 1 else b"".join(queue)
             queue.clear()
             self.queued = 0
+            self.sent += len(data)
             fastwrite.write(self.transport, self.sock, data)
 
     def end(self) -> None:
@@ -164,6 +168,8 @@ class Outlet:
     # IPushProducer, driven by the connection
     def pauseProducing(self) -> None:
         self.paused = True
+        # from now on every byte that waits counts against the limit
+        self.queued = sum(map(len, self.queue))
 
     def resumeProducing(self) -> None:
         self.paused = False
