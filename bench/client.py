@@ -305,8 +305,9 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 async def connect_all(
-    spec: dict[str, Any], subs: list[str], expected: dict[str, list[int]] | None
+    spec: dict[str, Any], subs: list[tuple[int, str]], expected: dict[str, list[int]] | None
 ) -> list[Subscriber]:
+    """Open this process's subscribers; ``subs`` holds (global index, channel)."""
     loop = asyncio.get_running_loop()
     host, port = spec["host"].split(":")
     sem = asyncio.Semaphore(spec.get("connect_concurrency", 200))
@@ -320,13 +321,13 @@ async def connect_all(
             None if expected is None else expected[channel],
         )
         proto = Subscriber(spec, channel, checker)
-        local = (ips[(i // per_ip) % len(ips)], 0) if ips and len(subs) > per_ip else None
+        local = (ips[(i // per_ip) % len(ips)], 0) if ips and spec["total_subs"] > per_ip else None
         async with sem:
             await loop.create_connection(lambda: proto, host, int(port), local_addr=local)
             await asyncio.wait_for(proto.ready, 30)
         out.append(proto)
 
-    await asyncio.gather(*(one(i, ch) for i, ch in enumerate(subs)))
+    await asyncio.gather(*(one(i, ch) for i, ch in subs))
     if spec["kind"] == "longpoll":
         await asyncio.sleep(0.5)  # a held long-poll answers nothing until a message
     return out
@@ -360,9 +361,15 @@ async def publish(spec: dict[str, Any], targets: list[str]) -> Publisher:
 async def main(spec: dict[str, Any]) -> None:
     raise_nofile(len(spec["channels"]) * spec.get("subs_per_channel", 1) + 100)
     subs_channels, targets, expected = plan(spec)
+    # With several load-generator processes each holds every n-th subscriber;
+    # the first one also publishes.
+    shard, shards = spec.get("shard", [0, 1])
+    publisher = shard == 0
+    spec["total_subs"] = len(subs_channels)
+    mine = [(i, ch) for i, ch in enumerate(subs_channels) if i % shards == shard]
     t0 = time.monotonic()
     c0 = cpu_s()
-    subs = await connect_all(spec, subs_channels, expected)
+    subs = await connect_all(spec, mine, expected)
     connect_s = time.monotonic() - t0
     emit({"event": "ready", "subscribers": len(subs), "connect_s": connect_s,
           "connect_cpu_s": cpu_s() - c0})
@@ -383,10 +390,10 @@ async def main(spec: dict[str, Any]) -> None:
     c_start = cpu_s()
     u_start = user_s()
     start_us = now_ns() // 1000
-    pub_task = asyncio.ensure_future(publish(spec, targets))
+    pub_task = asyncio.ensure_future(publish(spec, targets)) if publisher else None
     deadline = t_start + spec["timeout"]
     while time.monotonic() < deadline:
-        if STATS.seen >= want and pub_task.done():
+        if STATS.seen >= want and (pub_task is None or pub_task.done()):
             break
         await asyncio.sleep(0.02)
     wall = time.monotonic() - t_start
@@ -396,9 +403,12 @@ async def main(spec: dict[str, Any]) -> None:
     pings = sum(s.analyse() for s in subs if s.raw)
     if pings:
         STATS.errors.append(f"{pings} unanswered WebSocket pings")
-    pub = await pub_task if pub_task.done() else None
-    if not pub_task.done():
+    pub = await pub_task if pub_task is not None and pub_task.done() else None
+    if pub_task is not None and not pub_task.done():
         pub_task.cancel()
+    if spec.get("latency_file"):
+        with open(spec["latency_file"], "wb") as f:
+            STATS.latency.tofile(f)
     delivered = sum(s.checker.index - s.checker.gaps for s in subs)
     bad = [s for s in subs if not s.checker.ok]
     lat = sorted(STATS.latency)
@@ -418,6 +428,8 @@ async def main(spec: dict[str, Any]) -> None:
         "published": pub.answered if pub else None,
         "publish_failed": pub.failed if pub else None,
         "wall_s": wall,
+        "start_us": start_us,
+        "last_delivery_us": STATS.last_delivery,
         "span_s": span_s,
         "deliveries_per_s": delivered / span_s,
         "lat_p50_ms": percentile(lat, 50) / 1000,

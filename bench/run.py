@@ -19,11 +19,13 @@ import subprocess
 import sys
 import time
 import uuid
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import procstat
+from bench.proto import percentile
 from bench.report import write_report
 from bench.servers import ROOT, SERVERS, Server, available
 
@@ -87,6 +89,7 @@ def measure(
     timeout: float,
     poll_interval: float = 1.0,
     pipeline: int = 4,
+    clients: int | None = None,
 ) -> dict[str, Any]:
     """One load-generator run against a started server; the numbers of both sides."""
     path = server.paths[transport]
@@ -107,36 +110,52 @@ def measure(
         "connect_concurrency": 100,
         "source_ips": [f"127.0.0.{i}" for i in range(1, 9)],
     }
+    n = len(channels) * subs_per_channel
+    if clients is None:
+        clients = 2 if n >= 1000 else 1
     rss0 = procstat.rss_kb(server.pid)
-    # the spec goes in a file: 10,000 channel names overflow one argv string
-    spec_file = server.dir / "client-spec.json"
-    spec_file.write_text(json.dumps(spec))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.client", "@" + str(spec_file)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    )
+    procs = []
     try:
-        ready = _readline(proc, 120)
-        if ready.get("event") != "ready":
-            raise RuntimeError(f"load generator: {ready}")
+        for shard in range(clients):
+            # the spec goes in a file: 10,000 channel names overflow one argv string
+            spec_file = server.dir / f"client-spec-{shard}.json"
+            spec_file.write_text(json.dumps({
+                **spec,
+                "shard": [shard, clients],
+                "latency_file": str(server.dir / f"latency-{shard}.bin"),
+            }))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "bench.client", "@" + str(spec_file)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            ))
+        readies = [_readline(proc, 120) for proc in procs]
+        for ready in readies:
+            if ready.get("event") != "ready":
+                raise RuntimeError(f"load generator: {ready}")
         time.sleep(0.3)  # let the server settle after the connection burst
         rss1 = procstat.rss_kb(server.pid)
         cpu0 = procstat.cpu(server.pid)
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        done = _readline(proc, timeout + 60)
+        for proc in reversed(procs):  # the publisher (shard 0) last
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        dones = [_readline(proc, timeout + 60) for proc in procs]
         cpu1 = procstat.cpu(server.pid)
-        proc.stdin.write("quit\n")
-        proc.stdin.flush()
-        proc.wait(30)
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+        for proc in procs:
+            proc.wait(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    done = merge(dones, [server.dir / f"latency-{i}.bin" for i in range(clients)])
+    ready = {"connect_s": max(r["connect_s"] for r in readies)}
     cpu = cpu1 - cpu0
     delivered = max(1, done["delivered"])
-    n = len(channels) * subs_per_channel
     out = dict(done)
     out.update(
         server=server.name,
@@ -153,6 +172,44 @@ def measure(
         client_saturated=done["client_util"] > CLIENT_SATURATED,
         ok=done["bad_subscribers"] == 0 and done["delivered"] == done["expected"],
     )
+    return out
+
+
+SUMMED = (
+    "subscribers", "expected", "delivered", "received", "bad_subscribers", "duplicates",
+    "gaps", "out_of_order", "missing", "bytes_in", "bytes_out", "client_cpu_s", "client_user_s",
+)
+
+
+def merge(dones: list[dict[str, Any]], latency_files: list[Path]) -> dict[str, Any]:
+    """One result from the load-generator processes' own (the first one published).
+
+    Counts add up; latency percentiles come from every process's samples
+    together; the span runs from the publisher's start to the last delivery
+    anywhere (CLOCK_MONOTONIC is one clock for the machine); the client's
+    load is its busiest process's, so any saturated one is flagged.
+    """
+    first = dones[0]
+    if len(dones) == 1:
+        return first
+    out = dict(first)
+    for key in SUMMED:
+        out[key] = sum(d[key] for d in dones)
+    lat = array("q")
+    for path in latency_files:
+        with open(path, "rb") as f:
+            lat.frombytes(f.read())
+    samples = sorted(lat)
+    out["lat_p50_ms"] = percentile(samples, 50) / 1000
+    out["lat_p99_ms"] = percentile(samples, 99) / 1000
+    out["lat_max_ms"] = samples[-1] / 1000 if samples else 0.0
+    last = max(d["last_delivery_us"] for d in dones)
+    out["span_s"] = max(1e-6, (last - first["start_us"]) / 1e6)
+    out["deliveries_per_s"] = out["delivered"] / out["span_s"]
+    out["wall_s"] = max(d["wall_s"] for d in dones)
+    out["client_util"] = max(d["client_util"] for d in dones)
+    out["client_processes"] = len(dones)
+    out["errors"] = [e for d in dones for e in d["errors"]][:5]
     return out
 
 

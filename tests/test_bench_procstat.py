@@ -1,11 +1,16 @@
-"""Reading CPU time and memory from /proc (bench.procstat)."""
+"""Reading CPU time and memory from /proc (bench.procstat), and merging the
+load generators' results (bench.run.merge)."""
 
 from __future__ import annotations
 
 import os
+from array import array
+from pathlib import Path
+from typing import Any
 
 from bench import procstat
 from bench.client import plan
+from bench.run import SUMMED, merge
 
 
 def stat_line(comm: str, utime: int, stime: int, cutime: int, cstime: int) -> str:
@@ -57,3 +62,24 @@ def test_plan_one_channel_and_many() -> None:
     for ch, seqs in expected.items():
         assert seqs == sorted(seqs)
         assert all(targets[s - 1] == ch for s in seqs)
+
+
+def test_merge_two_load_generators(tmp_path: Path) -> None:
+    def done(delivered: int, start: int, last: int, util: float) -> dict[str, Any]:
+        d: dict[str, Any] = dict.fromkeys(SUMMED, 0)
+        d.update(delivered=delivered, expected=delivered, start_us=start,
+                 last_delivery_us=last, wall_s=1.0, client_util=util, errors=[],
+                 published=10)
+        return d
+
+    files = []
+    for i, values in enumerate(([1000, 3000], [2000, 4000, 100000])):
+        path = tmp_path / f"lat-{i}.bin"
+        path.write_bytes(array("q", values).tobytes())
+        files.append(path)
+    out = merge([done(2, 5_000_000, 6_000_000, 0.5), done(3, 5_000_100, 7_000_000, 0.95)], files)
+    assert out["delivered"] == 5 and out["expected"] == 5
+    assert out["span_s"] == 2.0 and out["deliveries_per_s"] == 2.5  # publisher start → last
+    assert out["lat_p50_ms"] == 3.0 and out["lat_max_ms"] == 100.0  # both processes' samples
+    assert out["client_util"] == 0.95  # the busiest process decides "saturated"
+    assert out["published"] == 10
