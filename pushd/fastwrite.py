@@ -42,17 +42,13 @@ def write(transport: ITransport, sock: socket.socket | None, data: bytes) -> int
     finds the error and closes the connection the usual way.
     """
     t = transport
-    # Twisted holds nothing for the socket and is not closing it. (With an
-    # empty buffer Twisted has resumed its producer, so ``producerPaused``
-    # needs no look. TLS is looked at again: startTLS can come later.)
-    if (
-        sock is not None
-        and not t.dataBuffer  # type: ignore[attr-defined]
-        and not t._tempDataLen  # type: ignore[attr-defined]
-        and not t.disconnecting  # type: ignore[attr-defined]
-        and t.connected  # type: ignore[attr-defined]
-        and not t._writeDisconnecting  # type: ignore[attr-defined]
-        and not t.TLS  # type: ignore[attr-defined]
+    # Twisted holds nothing for the socket and is not closing it. Only the
+    # two buffer fields and ``disconnecting`` are read per call: a transport
+    # that lost its connection has a closed socket, whose send() fails and
+    # falls back to transport.write (which ignores it). TLS is looked at
+    # again because startTLS can come later.
+    if sock is not None and not (
+        t.dataBuffer or t._tempDataLen or t.disconnecting or t.TLS  # type: ignore[attr-defined]
     ):
         try:
             sent = sock.send(data)

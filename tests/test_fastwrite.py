@@ -131,6 +131,21 @@ async def test_failed_send_falls_back_to_transport_write() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_write_after_the_connection_is_gone_is_dropped_quietly() -> None:
+    transport, sink, port = await pair()
+    sock = fastwrite.socket_of(transport)
+    lost: Deferred[None] = Deferred()
+    transport.protocol.connectionLost = lambda reason: lost.callback(None)
+    sink.transport.abortConnection()  # the peer goes away
+    await lost
+    assert not transport.connected and not transport.disconnecting
+    # the socket is closed now: send() fails and the transport drops the bytes
+    assert fastwrite.write(transport, sock, b"late") == 0
+    assert not transport._tempDataLen and not transport.dataBuffer
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_tls_transport_goes_through_transport_write() -> None:
     transport, sink, port = await pair()
     try:
