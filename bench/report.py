@@ -161,8 +161,10 @@ def write_report(out: Path, name: str, meta: dict[str, Any],
         "machine, on loopback; compare ratios within this run, not absolute figures.",
         "CPU is the server's user+system time from `/proc/PID/stat` between the first "
         "publish and the last delivery (nginx: master + worker), divided by deliveries; "
-        "it includes handling the publish requests. ✗ marks a run whose per-subscriber "
-        "check failed; ⚠ one where the load generator itself was saturated.",
+        "it includes handling the publish requests. From 1,000 subscribers up the load "
+        "generator is two processes (each holds every other subscriber; the first also "
+        "publishes), and \"client CPU\" is the busier one's share of a core. ✗ marks a "
+        "run whose per-subscriber check failed; ⚠ one where a load generator was saturated.",
         "",
         f"## Headline: fan-out to {c['fanout_subs']} SSE subscribers",
         "",
