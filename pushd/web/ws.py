@@ -43,7 +43,8 @@ from pushd.web.origins import OriginPolicy
 from pushd.wire import closed_object, dumps, encode, reset_object
 
 TRANSPORT = "ws"
-PREPARED = "ws-prepared"  # key of the PreparedMessage in Message.encoded
+FRAME = "ws-frame"  # key of the framed message bytes in Message.encoded
+OPEN = WebSocketProtocol.STATE_OPEN
 
 
 # -- parse ---------------------------------------------------------------------
@@ -130,12 +131,13 @@ def error_object(error: PushdError) -> dict[str, Any]:
 PONG = dumps({"type": "pong"})
 
 
-def prepared(factory: WebSocketServerFactory, message: Message) -> PreparedMessage:
-    """``message`` as one unmasked text frame, framed once and cached on it."""
+def frame_of(factory: WebSocketServerFactory, message: Message) -> bytes:
+    """``message`` as one unmasked text frame's bytes, framed once and cached on it."""
     cache = message.encoded
-    frame = cache.get(PREPARED)
+    frame = cache.get(FRAME)
     if frame is None:
-        frame = cache[PREPARED] = factory.prepareMessage(encode(message, "typed"))
+        prepared: PreparedMessage = factory.prepareMessage(encode(message, "typed"))
+        frame = cache[FRAME] = prepared.payloadHybi
     return frame  # type: ignore[no-any-return]
 
 
@@ -183,6 +185,7 @@ class WsProtocol(WebSocketServerProtocol):
         self.ended = False
         self._open_since: str | None = None
         self._through_outlet = False
+        self.counts: dict[str, int] = {}  # the registry's, from onOpen on
 
     @property
     def ctx(self) -> Context:
@@ -208,6 +211,7 @@ class WsProtocol(WebSocketServerProtocol):
             transport, self.ctx.settings.limits.queue, self._overflowed, self.ctx.flusher
         )
         transport.registerProducer(self.outlet, True)
+        self.counts = self.ctx.registry.deliveries  # per transport, bumped per delivery
         self.ctx.registry.opened(TRANSPORT, self)
         if self.url_channel is not None:
             self.act(Subscribe(self.url_channel, self._open_since))
@@ -286,18 +290,22 @@ class WsProtocol(WebSocketServerProtocol):
 
     # -- encode and write -----------------------------------------------------
     def _writable(self) -> bool:
-        return not self.ended and self.state == WebSocketProtocol.STATE_OPEN
+        return not self.ended and self.state == OPEN
 
     def send_message(self, message: Message) -> None:
-        """One broker message: the shared frame, or compressed for this client."""
-        if not self._writable():
+        """One broker message: the shared frame, or compressed for this client.
+
+        Runs once per delivery: the frame's bytes come straight from the
+        message's cache, and the counter is held directly.
+        """
+        if self.ended or self.state != OPEN:
             return
         if self.deflate:
             self.send_payload(encode(message, "typed"))
         else:
-            assert self.outlet is not None
-            self.outlet.write(prepared(self.factory, message).payloadHybi)
-        self.ctx.registry.deliveries[TRANSPORT] += 1
+            frame = message.encoded.get(FRAME) or frame_of(self.factory, message)
+            self.outlet.write(frame)  # type: ignore[union-attr]
+        self.counts[TRANSPORT] += 1
 
     def send_json(self, obj: dict[str, Any]) -> None:
         self.send_payload(dumps(obj))
