@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import treq
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
 TIMEOUT = 10.0
@@ -94,9 +94,15 @@ class RawHTTP(_Waiting):
     protocol: _RawProtocol
 
     @classmethod
-    async def open(cls, port: int, request: bytes) -> RawHTTP:
+    async def open(cls, port: int, request: bytes, tls: bool = False) -> RawHTTP:
+        """Connect to 127.0.0.1:``port`` (over TLS, not verifying the server's
+        certificate, when ``tls``) and send ``request``."""
         self = cls()
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+        endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+        if tls:
+            endpoint = SSL4ClientEndpoint(
+                reactor, "127.0.0.1", port, ssl.CertificateOptions(), timeout=5
+            )
         self.protocol = await connectProtocol(endpoint, _RawProtocol(self))
         self.protocol.transport.write(request)
         return self
