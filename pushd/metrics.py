@@ -65,8 +65,8 @@ class PushdCollector(Collector):
         yield self._by_transport(
             CounterMetricFamily,
             "pushd_bytes_sent",
-            "Body bytes written by ended streaming connections, by transport.",
-            reg.bytes_sent,
+            "Bytes written to streaming connections (SSE, stream, WebSocket), open ones included.",
+            reg.bytes_sent_now(),
         )
         broker = daemon.broker
         yield CounterMetricFamily(

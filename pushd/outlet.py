@@ -248,6 +248,20 @@ class Registry:
     def count(self, transport: str) -> int:
         return len(self.connections[transport])
 
+    def bytes_sent_now(self) -> dict[str, int]:
+        """Bytes written per transport: ended connections' plus the open ones' so far.
+
+        Read at scrape time rather than counted per write, so the delivery
+        path pays nothing for it.
+        """
+        out = dict(self.bytes_sent)
+        for transport, conns in self.connections.items():
+            for conn in conns:
+                outlet = getattr(conn, "outlet", None)
+                if outlet is not None:
+                    out[transport] += outlet.sent
+        return out
+
     def all(self) -> Iterable[tuple[str, object]]:
         for transport, conns in self.connections.items():
             for conn in tuple(conns):

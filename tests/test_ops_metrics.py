@@ -43,6 +43,9 @@ async def test_metrics_move_as_clients_connect_receive_and_leave(running: Any) -
     assert sample(after, "pushd_deliveries_total", transport="stream") == 1
     assert sample(after, "pushd_deliveries_total", transport="poll") == 1
     assert sample(after, "pushd_history_messages") == 1
+    # open streams count what they have written so far, not only once they end
+    assert sample(after, "pushd_bytes_sent_total", transport="sse") > len(b"hello")
+    assert sample(after, "pushd_bytes_sent_total", transport="stream") > len(b"hello")
     assert sample(after, "pushd_http_responses_total", code="201") == 1
     assert sample(after, "pushd_http_responses_total", code="200") >= 3  # poll and scrapes
 
