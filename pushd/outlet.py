@@ -47,17 +47,11 @@ class Flusher:
 
     def run(self) -> None:
         waiting, self.waiting = self.waiting, []
-        # Outlet.release and Outlet.flush, inlined: this runs once per
-        # connection per turn, which at fan-out is once per delivery.
-        send = fastwrite.write
         for outlet in waiting:
+            # the turn is over: send what waited, unless the peer paused us
             outlet.waiting = False
-            queue = outlet.queue
-            if queue and not outlet.paused and not outlet.ended:
-                data = queue[0] if len(queue) == 1 else b"".join(queue)
-                queue.clear()
-                outlet.sent += len(data)
-                send(outlet.transport, outlet.sock, data)
+            if not outlet.paused:
+                outlet.flush()
 
 
 @implementer(IPushProducer)
@@ -126,12 +120,6 @@ class Outlet:
         elif not self.waiting:
             self.waiting = True
             self.flusher.add(self)  # type: ignore[union-attr]
-
-    def release(self) -> None:
-        """The turn is over (called by the Flusher): send what waited, unless paused."""
-        self.waiting = False
-        if not self.paused:
-            self.flush()
 
     def overflow(self) -> None:
         """Drop the connection now: its client is too far behind."""
