@@ -15,6 +15,7 @@ per transport instead of one per connection.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Iterable, Protocol
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
@@ -27,31 +28,51 @@ TRANSPORTS = ("poll", "longpoll", "stream", "sse", "ws")
 
 
 class Flusher:
-    """Sends, once per reactor turn, what each outlet was given during it.
+    """Sends what outlets were given, a slice of connections per reactor turn.
 
     A publish fans out to every subscriber at once, and several publishes
     can land in the same turn (pipelined requests, a batch). Outlets hold
-    what they are given until the turn ends, then each makes one ``send()``
-    for all of it: one system call per connection per turn instead of one
-    per message, the way a cork works. One timer serves every outlet.
+    what they are given until the flusher reaches them, then each makes one
+    ``send()`` for all of it: one system call per connection per visit
+    instead of one per message, the way a cork works. One timer serves
+    every outlet.
+
+    Outlets wait in one first-in, first-out line, and each turn sends for
+    at most ``per_turn`` of them before the reactor reads again. Sending to
+    a thousand sockets takes longer than the gap between two messages at
+    high rates; done in one go, the next publish would wait for the whole
+    fan-out and then start its own from the first socket. Done in slices,
+    the next publish is read between two slices: outlets not yet reached
+    carry both messages in one send, and those already served rejoin the
+    end of the line. No connection waits for more than one pass over the
+    others, and new connections and publishes are served meanwhile.
     """
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, per_turn: int = 64) -> None:
         self.clock = clock
-        self.waiting: list[Outlet] = []
+        self.per_turn = per_turn
+        self.waiting: deque[Outlet] = deque()
+        self.scheduled = False
 
     def add(self, outlet: Outlet) -> None:
-        if not self.waiting:
-            self.clock.callLater(0, self.run)
         self.waiting.append(outlet)
+        if not self.scheduled:
+            self.scheduled = True
+            self.clock.callLater(0, self.run)
 
     def run(self) -> None:
-        waiting, self.waiting = self.waiting, []
-        for outlet in waiting:
-            # the turn is over: send what waited, unless the peer paused us
+        waiting = self.waiting
+        take = waiting.popleft
+        for _ in range(min(self.per_turn, len(waiting))):
+            outlet = take()
             outlet.waiting = False
+            # send what waited, unless the peer paused us
             if not outlet.paused:
                 outlet.flush()
+        if waiting:
+            self.clock.callLater(0, self.run)
+        else:
+            self.scheduled = False
 
 
 @implementer(IPushProducer)

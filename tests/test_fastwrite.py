@@ -238,6 +238,46 @@ def test_writes_in_one_turn_leave_in_one_write_at_its_end() -> None:
     assert {t.value() for t in transports} == {b"one\ntwo\nthree\n"}
 
 
+def test_a_fan_out_is_sent_a_slice_per_turn_and_late_messages_join_it() -> None:
+    """A message published half-way through a fan-out rides along with it.
+
+    Connections not yet reached send both messages in one write; those
+    already served get the new one on the next pass, so none waits for
+    more than one pass over the others.
+    """
+    from twisted.internet.task import Clock
+
+    from pushd.outlet import Flusher
+
+    def turn() -> None:
+        """One reactor turn: what is due now runs; what it schedules waits for the next."""
+        due = [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]
+        for call in due:
+            func, args, kw = call.func, call.args, call.kw
+            call.cancel()
+            func(*args, **kw)
+
+    clock = Clock()
+    flusher = Flusher(clock, per_turn=2)
+    transports = [CountingTransport() for _ in range(5)]
+    outlets = [Outlet(t, 1024, flusher=flusher) for t in transports]
+    for outlet in outlets:
+        outlet.write(b"1\n")
+    turn()  # one slice: the first two connections
+    assert [t.value() for t in transports] == [b"1\n"] * 2 + [b""] * 3
+    for outlet in outlets:  # the next publish lands between two slices
+        outlet.write(b"2\n")
+    turn()
+    assert [t.value() for t in transports] == [b"1\n"] * 2 + [b"1\n2\n"] * 2 + [b""]
+    turn()  # the last one of the first pass, then the first one of the second
+    assert [t.value() for t in transports] == [b"1\n2\n", b"1\n"] + [b"1\n2\n"] * 3
+    assert [t.writes for t in transports] == [2, 1, 1, 1, 1]  # the last three: one write each
+    turn()
+    assert [t.value() for t in transports] == [b"1\n2\n"] * 5
+    assert [t.writes for t in transports] == [2, 2, 1, 1, 1]
+    assert clock.getDelayedCalls() == []  # nothing left: the timer stops
+
+
 def test_a_paused_outlet_keeps_its_bytes_past_the_turn_and_is_bounded() -> None:
     from twisted.internet.task import Clock
 
