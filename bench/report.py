@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-COLORS = {"pushd": "#2b6cb0", "nchan": "#38a169", "node": "#d69e2e"}
+COLORS = {"pushd": "#2b6cb0", "nchan": "#38a169", "node": "#d69e2e", "bare": "#718096"}
 
 
 def _find(results: list[dict[str, Any]], scenario: str, server: str,
@@ -165,6 +165,13 @@ def write_report(out: Path, name: str, meta: dict[str, Any],
         "generator is two processes (each holds every other subscriber; the first also "
         "publishes), and \"client CPU\" is the busier one's share of a core. ✗ marks a "
         "run whose per-subscriber check failed; ⚠ one where a load generator was saturated.",
+        "",
+        "Servers: pushd as shipped; Nchan (nginx module, one worker); the Node/Express "
+        "baseline (`bench/node/server.js`, an array of responses written in turn); and "
+        "**bare**, the floor (`bench/bare/server.py`): a Twisted `Protocol` with no broker, "
+        "history, HTTP library or limits that sends each publish straight to every idle "
+        "socket. What pushd costs beyond bare is the price of its features; where bare "
+        "misses a target, the machine does.",
         "",
         f"## Headline: fan-out to {c['fanout_subs']} SSE subscribers",
         "",

@@ -309,7 +309,7 @@ def ensure_deps(servers: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
-    p.add_argument("--servers", default="pushd,nchan,node")
+    p.add_argument("--servers", default="pushd,nchan,node,bare")
     p.add_argument("--scenarios", default="fanout,scale,cost,channels")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--pushd-src", default=None,

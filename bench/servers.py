@@ -213,7 +213,18 @@ class Node(Server):
         return ["node", str(ROOT / "bench" / "node" / "server.js"), str(self.port)]
 
 
-SERVERS = {"pushd": Pushd, "nchan": Nchan, "node": Node}
+class Bare(Server):
+    """The floor: a bare Twisted SSE fan-out (``bench/bare/server.py``), no features."""
+
+    name = "bare"
+    publish_path = "/pub/{ch}"
+    paths = {"sse": {"kind": "stream", "path": "/events/{ch}"}}
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "bare" / "server.py"), str(self.port)]
+
+
+SERVERS = {"pushd": Pushd, "nchan": Nchan, "node": Node, "bare": Bare}
 
 
 def available(name: str) -> str | None:
