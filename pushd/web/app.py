@@ -19,6 +19,7 @@ from pushd.errors import PushdError
 from pushd.outlet import Heartbeat
 from pushd.web import longpoll, pages, poll, publish, sse, stream, ws
 from pushd.web.common import Context, error_response, json_response
+from pushd.web.fastlane import FastLane
 from pushd.web.origins import CorsResource, OriginPolicy
 from pushd.web.site import PushdSite
 
@@ -143,7 +144,8 @@ class PushdApp:
 
     # -- assembly --------------------------------------------------------
     def resource(self) -> Resource:
-        return CorsResource(self.app.resource(), self.origins)
+        # the hottest three URLs skip Klein's router (see pushd.web.fastlane)
+        return CorsResource(FastLane(self, self.app.resource()), self.origins)
 
     def site(self) -> PushdSite:
         limits = self.ctx.settings.limits
