@@ -679,3 +679,27 @@ async def test_deflate_refused_when_configured_off(start_daemon: Any, connect: A
     await client.barrier()
     live = await publish(running, "z", "plain")
     assert [f["id"] for f in await client.messages(1)] == [live]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_emits_no_debug_events(running: Any, connect: Any) -> None:
+    """Autobahn's per-handshake debug logging stays off (it cost a third of a connect)."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_level") == LogLevel.debug:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        client = await connect(running, "/channels/quiet/ws")
+        await client.barrier()
+        await publish(running, "quiet", 1)
+        await client.messages(1)
+        client.sendClose()
+        assert await within(client.close_code) == 1000
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert [e.get("log_namespace") for e in events] == []

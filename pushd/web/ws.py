@@ -45,6 +45,11 @@ from pushd.wire import closed_object, dumps, encode, reset_object
 TRANSPORT = "ws"
 FRAME = "ws-frame"  # key of the framed message bytes in Message.encoded
 OPEN = WebSocketProtocol.STATE_OPEN
+# pushd's own messages. Not the protocol's ``log`` attribute: Autobahn logs
+# through that at debug level several times per handshake, with pprint'ed
+# headers, and its txaio logger makes those calls no-ops below the global
+# level. A Twisted Logger there would format and emit every one of them.
+log = Logger()
 
 
 # -- parse ---------------------------------------------------------------------
@@ -174,7 +179,6 @@ class WsProtocol(WebSocketServerProtocol):
     """One WebSocket client: parse a frame, act on it, encode the answer."""
 
     factory: WsFactory
-    log = Logger()
     url_channel: str | None = None  # set for /channels/{ch}/ws
 
     def __init__(self) -> None:
@@ -280,7 +284,7 @@ class WsProtocol(WebSocketServerProtocol):
         if failure.check(PushdError):
             self.send_json(error_object(failure.value))
             return
-        self.log.failure("publishing over WebSocket failed", failure)
+        log.failure("publishing over WebSocket failed", failure)
         self.send_json(error_object(PushdError(500, "internal", "publishing failed")))
 
     def feed_closed(self, feed: ChannelFeed) -> None:
@@ -350,7 +354,7 @@ class WsProtocol(WebSocketServerProtocol):
     # -- ending ---------------------------------------------------------------
     def _overflowed(self) -> None:
         self.ctx.registry.dropped[TRANSPORT] += 1
-        self.log.info("dropped a slow WebSocket client ({peer})", peer=self.peer)
+        log.info("dropped a slow WebSocket client ({peer})", peer=self.peer)
         self._stop()
 
     def _stop(self) -> None:
