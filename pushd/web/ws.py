@@ -436,6 +436,18 @@ class WsFactory(WebSocketServerFactory):
             # own check (allowedOrigins stays "*") must not refuse "null" first.
             allowNullOrigin=True,
         )
+        # Autobahn copies each of ~40 options from the factory onto every
+        # new connection, and pformats them all for a debug line, unless the
+        # protocol class already has them. A subclass per factory holding
+        # them as class attributes spares every connection both (the options
+        # are set once, above, and never change afterwards).
+        options = {name: _class_attr(getattr(self, name)) for name in WsProtocol.CONFIG_ATTRS}
+        self.protocol = type("WsProtocol", (WsProtocol,), {**options, "CONFIG_ATTRS": ()})
+
+
+def _class_attr(value: Any) -> Any:
+    """``value`` as a class attribute reads it back from an instance."""
+    return staticmethod(value) if callable(value) else value
 
 
 class _Opening:
