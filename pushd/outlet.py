@@ -16,13 +16,15 @@ per transport instead of one per connection.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from pushd import fastwrite
+from pushd.model import Message
+from pushd.wire import encode
 
 TRANSPORTS = ("poll", "longpoll", "stream", "sse", "ws")
 
@@ -45,13 +47,15 @@ class Flusher:
     the next publish is read between two slices: outlets not yet reached
     carry both messages in one send, and those already served rejoin the
     end of the line. No connection waits for more than one pass over the
-    others, and new connections and publishes are served meanwhile.
+    others, and new connections and publishes are served meanwhile. A
+    :class:`Group` waits in the same line and spends the same per-turn
+    budget, one send per member it serves.
     """
 
     def __init__(self, clock: IReactorTime, per_turn: int = 64) -> None:
         self.clock = clock
         self.per_turn = per_turn
-        self.waiting: deque[Outlet] = deque()
+        self.waiting: deque[Outlet | Group] = deque()
         self.scheduled = False
 
     def add(self, outlet: Outlet) -> None:
@@ -60,19 +64,174 @@ class Flusher:
             self.scheduled = True
             self.clock.callLater(0, self.run)
 
+    def add_group(self, group: Group) -> None:
+        """``group`` has frames its members have not been sent: sweep it."""
+        if not group.queued:
+            group.queued = True
+            self.add(group)  # type: ignore[arg-type]
+
     def run(self) -> None:
         waiting = self.waiting
-        take = waiting.popleft
-        for _ in range(min(self.per_turn, len(waiting))):
-            outlet = take()
-            outlet.waiting = False
+        budget = self.per_turn
+        while waiting and budget > 0:
+            item = waiting.popleft()
+            if item.__class__ is Group:
+                group: Group = item  # type: ignore[assignment]
+                budget -= group.sweep(budget)
+                if group.sweeping is not None:  # the rest of its members next turn, first
+                    waiting.appendleft(item)
+                    break
+                continue
+            budget -= 1
+            item.waiting = False
             # send what waited, unless the peer paused us
-            if not outlet.paused:
-                outlet.flush()
+            if not item.paused:
+                item.flush()
         if waiting:
             self.clock.callLater(0, self.run)
         else:
             self.scheduled = False
+
+
+class Member(Protocol):
+    """A stream in a :class:`Group`: where it is, and what to do with frames."""
+
+    pos: int  # the group's index of the next frame this member has not been sent
+    ended: bool
+    plain: bool  # no byte budget: the group may write to its outlet itself
+    outlet: Outlet
+
+    def pulled(self, data: bytes, count: int) -> None:
+        """Write ``count`` frames, ``data``, from the group (counted as deliveries)."""
+
+
+class Group:
+    """One channel's live frames in one wire format, for every stream that takes them.
+
+    Fanning a message out one subscriber at a time costs a call chain per
+    subscriber (hub, streamer, outlet, flusher) before any byte is sent. A
+    group is one broker watch instead: a message appends its pre-framed
+    bytes here once, and the :class:`Flusher` sweeps the members, sending
+    each what it has not had yet (``frames[pos:]``, joined once per
+    position) in one write. Members that are paused get it queued in their
+    outlet, bounded as always. A member writing anything of its own (a
+    heartbeat, a notice, its end) first takes what the group holds for it,
+    so order is kept. Frames every member has had are dropped after a sweep.
+    """
+
+    def __init__(
+        self,
+        fmt: str,
+        flusher: Flusher,
+        on_empty: Callable[[Group], None],
+        counts: dict[str, int],
+        transport: str,
+    ) -> None:
+        self.fmt = fmt
+        self.counts = counts  # deliveries per transport, the registry's
+        self.transport = transport
+        self.flusher = flusher
+        self.on_empty = on_empty
+        self.frames: list[bytes] = []
+        self.base = 0  # index of frames[0]
+        self.members: dict[Member, None] = {}
+        self.queued = False  # in the flusher's line
+        self.sweeping: list[Member] | None = None
+        self.index = 0  # next member of ``sweeping``
+        self.swept_to = 0  # the end when the sweep began
+        self.subscription: Any = None  # the broker watch
+        self._joined: tuple[int, int, bytes] = (0, 0, b"")
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.frames)
+
+    def join(self, member: Member) -> None:
+        member.pos = self.end
+        self.members[member] = None
+
+    def leave(self, member: Member) -> None:
+        self.members.pop(member, None)
+        if not self.members:
+            self.on_empty(self)
+
+    def take(self, member: Member) -> None:
+        """Give ``member`` every frame it has not had, now."""
+        end = self.end
+        pos = member.pos
+        if pos >= end:
+            return
+        cached = self._joined
+        if cached[0] == pos and cached[1] == end:
+            data = cached[2]
+        else:
+            frames = self.frames[pos - self.base :]
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            self._joined = (pos, end, data)
+        member.pos = end
+        member.pulled(data, end - pos)
+
+    def sweep(self, budget: int) -> int:
+        """Send to up to ``budget`` members; how many were sent to.
+
+        The common member (no byte budget, its outlet idle) is served inline
+        and counted once per call: this loop runs once per delivery.
+        """
+        if self.sweeping is None:
+            self.sweeping = list(self.members)
+            self.index = 0
+            self.swept_to = self.end
+        members = self.sweeping
+        end = self.end
+        frames = self.frames
+        last_pos, data = -1, b""
+        used = delivered = 0
+        i = self.index
+        n = len(members)
+        while i < n and used < budget:
+            member = members[i]
+            i += 1
+            pos = member.pos
+            if member.ended or pos >= end:
+                continue
+            if pos != last_pos:
+                chunk = frames[pos - self.base :]
+                data = chunk[0] if len(chunk) == 1 else b"".join(chunk)
+                last_pos = pos
+            member.pos = end
+            used += 1
+            outlet = member.outlet
+            if member.plain and not (outlet.paused or outlet.queue or outlet.ended):
+                delivered += end - pos
+                outlet.sent += len(data)
+                fastwrite.write(outlet.transport, outlet.sock, data)
+            else:
+                member.pulled(data, end - pos)
+        if delivered:
+            self.counts[self.transport] += delivered
+        self.index = i
+        if i < n:
+            return used
+        # every member has had everything up to where the sweep began
+        self.sweeping = None
+        self.queued = False
+        del self.frames[: self.swept_to - self.base]
+        self.base = self.swept_to
+        if self.frames:  # more came during the sweep
+            self.flusher.add_group(self)
+        return used
+
+    # the broker's side: a watch of the channel
+    def deliver(self, message: Message) -> None:
+        self.frames.append(message.encoded.get(self.fmt) or encode(message, self.fmt))
+        self.flusher.add_group(self)
+
+    def reset(self, channel: str, cursor: str | None) -> None:
+        """A watch starts live; it is never reset."""
+
+    def closed(self, channel: str) -> None:
+        """The members are told themselves; the group ends with the last of them."""
+        self.subscription = None
 
 
 @implementer(IPushProducer)
@@ -130,8 +289,7 @@ class Outlet:
         if self.ended:
             return
         if self.flusher is None and not self.paused:
-            self.sent += len(data)
-            fastwrite.write(self.transport, self.sock, data)
+            self._send(data)
             return
         self.queue.append(data)
         if self.paused:
@@ -141,6 +299,19 @@ class Outlet:
         elif not self.waiting:
             self.waiting = True
             self.flusher.add(self)  # type: ignore[union-attr]
+
+    def write_now(self, data: bytes) -> None:
+        """Send ``data`` at once (the flusher is running): behind anything
+        waiting, in the same send; queued, and bounded, while paused."""
+        if self.ended:
+            return
+        if self.paused:
+            self.write(data)
+        elif self.queue:
+            self.queue.append(data)
+            self.flush()
+        else:
+            self._send(data)
 
     def overflow(self) -> None:
         """Drop the connection now: its client is too far behind."""
@@ -165,8 +336,11 @@ class Outlet:
             data = queue[0] if len(queue) == 1 else b"".join(queue)
             queue.clear()
             self.queued = 0
-            self.sent += len(data)
-            fastwrite.write(self.transport, self.sock, data)
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        self.sent += len(data)
+        fastwrite.write(self.transport, self.sock, data)
 
     def end(self) -> None:
         """Write nothing more; queued bytes are discarded."""

@@ -5,6 +5,11 @@ that a clustered broker can reuse it: Redis feeds messages in, the hub hands
 them to local subscriptions. A subscription orders what it is given: while it
 replays history, live messages wait in a list, and anything at or before its
 cursor is dropped, so replay-then-live has no gap and no duplicate.
+
+A *watch* is an uncounted live subscription for a fan-out group in the
+transport layer: subscriptions at the same message hand their delivery over
+to it, stay counted and are told ``closed``, but are no longer pushed to one
+by one.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from pushd.model import Message
 class LocalSubscription:
     """One subscriber on one channel: its position and its replay buffer."""
 
-    __slots__ = ("_hub", "_pending", "active", "channel", "last_seq", "subscriber")
+    __slots__ = ("_hub", "_pending", "active", "channel", "counted", "last_seq", "subscriber")
 
-    def __init__(self, hub: Hub, channel: str, subscriber: Subscriber) -> None:
+    def __init__(
+        self, hub: Hub, channel: str, subscriber: Subscriber, counted: bool = True
+    ) -> None:
         self.channel = channel
         self.subscriber = subscriber
         self.last_seq = 0
         self.active = True
+        self.counted = counted
         self._pending: list[Message] | None = []
         self._hub = hub
 
@@ -66,6 +74,20 @@ class LocalSubscription:
                 self.subscriber.deliver(message)
         self._pending = None
 
+    def hand_over(self, to: LocalSubscription) -> bool:
+        """Let ``to`` (a :meth:`Hub.watch` of the same channel) deliver for us.
+
+        From now on the hub does not push to this subscription; it stays
+        counted, cancellable and is told ``closed``. Refused (False) unless
+        both are live at the same message, so nothing is lost or doubled.
+        """
+        if not (self.active and to.active and self._pending is None and to._pending is None):
+            return False
+        if self.channel != to.channel or self.last_seq != to.last_seq:
+            return False
+        self._hub._mute(self)
+        return True
+
     def cancel(self) -> None:
         if self.active:
             self.active = False
@@ -79,7 +101,8 @@ class Hub:
     """channel → subscriptions on this process, and the fan-out loop."""
 
     def __init__(self, on_idle: Callable[[str], None] = lambda channel: None) -> None:
-        self._subs: dict[str, set[LocalSubscription]] = {}
+        self._subs: dict[str, set[LocalSubscription]] = {}  # counted: the subscribers
+        self._push: dict[str, set[LocalSubscription]] = {}  # what fanout delivers to
         self._on_idle = on_idle
         self.total = 0
 
@@ -87,12 +110,25 @@ class Hub:
         """Register first, replay after (see :meth:`LocalSubscription.start`)."""
         sub = LocalSubscription(self, channel, subscriber)
         self._subs.setdefault(channel, set()).add(sub)
+        self._push.setdefault(channel, set()).add(sub)
         self.total += 1
+        return sub
+
+    def watch(self, channel: str, subscriber: Subscriber, after: int) -> LocalSubscription:
+        """Live messages after ``after`` for a fan-out group; not a subscriber.
+
+        A watch is not counted and keeps no channel alive; subscriptions
+        hand their delivery over to it (:meth:`LocalSubscription.hand_over`).
+        """
+        sub = LocalSubscription(self, channel, subscriber, counted=False)
+        sub.last_seq = after
+        sub._pending = None
+        self._push.setdefault(channel, set()).add(sub)
         return sub
 
     def fanout(self, message: Message) -> int:
         """Hand ``message`` to every subscription of its channel; how many."""
-        subs = self._subs.get(message.channel)
+        subs = self._push.get(message.channel)
         if not subs:
             return 0
         # A delivery may end another subscription (a slow client closed), so
@@ -110,14 +146,16 @@ class Hub:
         return len(subs)
 
     def close(self, channel: str) -> int:
-        """End every subscription of ``channel`` with a ``closed`` notice."""
-        subs = self._subs.pop(channel, None)
-        if not subs:
-            return 0
+        """End every subscription of ``channel`` with a ``closed`` notice; how many.
+
+        Watches hear it too, after the subscriptions they deliver for.
+        """
+        subs = self._subs.pop(channel, None) or set()
+        watches = [s for s in self._push.pop(channel, ()) if not s.counted]
         self.total -= len(subs)
-        for sub in subs:
+        for sub in (*subs, *watches):
             sub.active = False
-        for sub in subs:
+        for sub in (*subs, *watches):
             sub.subscriber.closed(channel)
         return len(subs)
 
@@ -127,9 +165,19 @@ class Hub:
     def channels(self) -> Iterable[str]:
         return self._subs.keys()
 
+    def _mute(self, sub: LocalSubscription) -> None:
+        push = self._push.get(sub.channel)
+        if push is not None:
+            push.discard(sub)
+
     def _remove(self, sub: LocalSubscription) -> None:
+        push = self._push.get(sub.channel)
+        if push is not None:
+            push.discard(sub)
+            if not push:
+                del self._push[sub.channel]
         subs = self._subs.get(sub.channel)
-        if subs is None or sub not in subs:
+        if not sub.counted or subs is None or sub not in subs:
             return
         subs.discard(sub)
         self.total -= 1

@@ -40,6 +40,10 @@ class Subscription(Protocol):
     def cancel(self) -> None:
         """Stop delivering; safe to call more than once."""
 
+    def hand_over(self, to: Subscription) -> bool:
+        """Let the watch ``to`` deliver for this subscription, if both are at
+        the same message (False otherwise: nothing changes)."""
+
 
 @dataclass
 class Page:
@@ -81,6 +85,9 @@ class Broker(Protocol):
         self, channel: str, subscriber: Subscriber, since: str | None = None
     ) -> Subscription:
         """Replay after ``since`` (or ``reset``), then live; ``None`` is live only."""
+
+    def watch(self, channel: str, subscriber: Subscriber) -> Subscription:
+        """Live messages only, not counted as a subscriber: for a fan-out group."""
 
     def read(self, channel: str, since: str | None, limit: int) -> Deferred[Page]:
         """Up to ``limit`` messages after ``since``; the newest ``limit`` without it."""

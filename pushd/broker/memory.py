@@ -167,6 +167,16 @@ class MemoryBroker(Service):
             sub.start([m for m in ch.history if m.seq > after], after=after)
         return sub
 
+    def watch(self, channel: str, subscriber: Subscriber) -> LocalSubscription:
+        """Live messages of ``channel`` from now on, for a fan-out group.
+
+        Not a subscriber (not counted); subscriptions hand their delivery
+        over to it with ``hand_over``. See :meth:`Hub.watch`.
+        """
+        check_channel(channel)
+        ch = self._channels.get(channel)
+        return self.hub.watch(channel, subscriber, ch.last_seq if ch is not None else 0)
+
     @_answer
     def read(self, channel: str, since: str | None, limit: int) -> Page:
         ch = self._current(check_channel(channel))

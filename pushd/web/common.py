@@ -15,7 +15,7 @@ from twisted.web.server import Request
 from pushd.broker.interface import Broker
 from pushd.config import Settings
 from pushd.errors import PushdError, bad_request
-from pushd.outlet import Flusher, Registry
+from pushd.outlet import Flusher, Group, Registry
 from pushd.wire import dumps
 
 JSON = b"application/json"
@@ -102,3 +102,5 @@ class Context:
         self.clock = clock
         self.registry = registry
         self.flusher = Flusher(clock)  # one end-of-turn send per connection
+        # (channel, wire format) -> the streams that share its frames
+        self.groups: dict[tuple[str, str], Group] = {}

@@ -37,6 +37,8 @@ class NdjsonStreamer(Streamer):
 class GzipStreamer(NdjsonStreamer):
     """The same lines through one gzip stream, flushed after each."""
 
+    groupable = False  # its bytes are its own compressor's
+
     def prepare_headers(self, request: Request) -> None:
         request.setHeader(b"Content-Encoding", b"gzip")
         request.setHeader(b"Vary", b"Accept-Encoding")

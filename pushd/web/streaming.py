@@ -10,7 +10,12 @@ object, its :class:`~pushd.outlet.Outlet` and its broker subscription:
 no Request, headers or Deferred chains held for hours.
 
 Each message's cached, pre-framed bytes (chunked when the client speaks
-HTTP/1.1) go through the outlet (bounded queue, push producer). A streamer
+HTTP/1.1) go through the outlet (bounded queue, push producer). Replay
+comes one message at a time; live messages come through the channel's
+:class:`~pushd.outlet.Group` for this wire format, which the stream joins
+once its replay is done (its subscription hands delivery over to the
+group's broker watch), so a publish costs one append, not one call chain
+per subscriber. A streamer
 beats on its transport's shared heartbeat and ends in one of four ways: the
 client leaves (``connectionLost``), the channel is deleted (``closed``),
 the byte budget is spent, or the daemon drains. A clean end sends the last
@@ -31,7 +36,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from pushd.model import Message
-from pushd.outlet import Heartbeat, Outlet
+from pushd.outlet import Group, Heartbeat, Outlet
 from pushd.web.common import Context
 from pushd.wire import chunk, encode
 
@@ -91,6 +96,7 @@ class Streamer(Protocol):
 
     name = "stream"  # the transport, for counters
     content_type = b"application/octet-stream"
+    groupable = True  # the same bytes as every other stream of its format (not gzip)
     log = Logger()
     _waiters: list[Deferred[None]] | None = None  # made only when someone waits
 
@@ -106,9 +112,12 @@ class Streamer(Protocol):
         self.ctx = ctx
         self.channel = channel
         self.max_bytes = max_bytes
+        self.plain = not max_bytes  # the group may write for us (see Group.sweep)
         self.counts = ctx.registry.deliveries  # per transport, bumped per delivery
         self.heartbeat_timer = heartbeat
         self.subscription: Any = None
+        self.group: Group | None = None
+        self.pos = 0  # in the group
         self.ended = False
         self.body_bytes = 0
         request.setHeader(b"Content-Type", self.content_type)
@@ -153,7 +162,18 @@ class Streamer(Protocol):
     def write(self, data: bytes) -> None:
         """Frame ``data`` (not pre-framed) as this response's body bytes."""
         if data:
+            if self.group is not None:
+                self.group.take(self)  # the messages before it go first
             self.outlet.write(chunk(data) if self.framed else data)
+
+    def pulled(self, data: bytes, count: int) -> None:
+        """``count`` live messages from the group, in one write."""
+        self.counts[self.name] += count
+        self.outlet.write_now(data)
+        if self.max_bytes:
+            self.body_bytes += len(data)
+            if self.body_bytes >= self.max_bytes:
+                self.end()
 
     def deliver(self, message: Message) -> None:
         # Runs once per subscriber per message: the cached bytes, one write.
@@ -195,7 +215,26 @@ class Streamer(Protocol):
             sub.cancel()
         else:
             self.subscription = sub
+            if self.groupable:
+                self._join_group(sub)
         return TAKEN_OVER
+
+    def _join_group(self, sub: Any) -> None:
+        """Take live messages through the channel's group, if it is where we are."""
+        ctx = self.ctx
+        key = (self.channel, self.fmt)
+        group = ctx.groups.get(key)
+        if group is None:
+            group = Group(
+                self.fmt, ctx.flusher, lambda g: _dissolve(ctx, key, g), self.counts, self.name
+            )
+            group.subscription = ctx.broker.watch(self.channel, group)
+            ctx.groups[key] = group
+        if sub.hand_over(group.subscription):
+            group.join(self)
+            self.group = group
+        elif not group.members:
+            _dissolve(ctx, key, group)
 
     def end_politely(self) -> None:
         """Drain: say goodbye in this transport's way, then end."""
@@ -209,6 +248,8 @@ class Streamer(Protocol):
         """
         if self.ended:
             return
+        if self.group is not None:
+            self.group.take(self)
         self.outlet.flush()
         if self.framed:
             self.outlet.write(LAST_CHUNK)
@@ -248,8 +289,20 @@ class Streamer(Protocol):
         if self.subscription is not None:
             self.subscription.cancel()
             self.subscription = None
+        if self.group is not None:
+            self.group.leave(self)
+            self.group = None
         self.outlet.end()
         waiters, self._waiters = self._waiters, None
         for d in waiters or ():
             d.callback(None)
         return True
+
+
+def _dissolve(ctx: Context, key: tuple[str, str], group: Group) -> None:
+    """A group with no members left stops watching its channel."""
+    if ctx.groups.get(key) is group:
+        del ctx.groups[key]
+    if group.subscription is not None:
+        group.subscription.cancel()
+        group.subscription = None

@@ -1,0 +1,189 @@
+"""Fan-out groups: a broker watch that delivers for many streams, and its sweep.
+
+The hub side (``watch``, ``hand_over``) keeps what a subscriber sees and
+what ``subscribers`` counts; the group side sends every member every frame
+once, in order, a slice of members per reactor turn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from pushd.broker.memory import MemoryBroker
+from pushd.outlet import Flusher, Group, Outlet
+from tests.helpers import Recorder
+
+sync = SynchronousTestCase()
+
+
+def make() -> tuple[MemoryBroker, Clock]:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    return MemoryBroker(clock, size=5, ttl=60, epoch="ep"), clock
+
+
+def publish(broker: MemoryBroker, channel: str, data: Any = "x") -> Any:
+    return sync.successResultOf(broker.publish(channel, data))
+
+
+# -- the broker side ------------------------------------------------------------
+def test_a_handed_over_subscription_is_counted_but_no_longer_pushed_to() -> None:
+    broker, _ = make()
+    publish(broker, "a")
+    own, watcher = Recorder(), Recorder()
+    sub = broker.subscribe("a", own)
+    watch = broker.watch("a", watcher)
+    assert broker.subscribers("a") == 1  # a watch is not a subscriber
+    assert sub.hand_over(watch)
+    publish(broker, "a")
+    assert (own.ids, watcher.ids) == ([], ["ep-2"])
+    assert broker.subscribers("a") == 1 and broker.subscriber_count() == 1
+
+    # delete: the subscriber is told, then the watch
+    assert sync.successResultOf(broker.delete("a")) == 1
+    assert own.events[-1] == ("closed", "a") and watcher.events[-1] == ("closed", "a")
+
+
+def test_hand_over_is_refused_unless_both_are_at_the_same_message() -> None:
+    broker, _ = make()
+    watch = broker.watch("a", Recorder())
+    publish(broker, "a")  # the watch has seen ep-1
+    behind = broker.hub.add("a", Recorder())
+    behind.start(after=0)  # a subscription that has not had ep-1
+    assert not behind.hand_over(watch)
+    publish(broker, "a")
+    assert behind.subscriber.ids == ["ep-2"]  # the hub still delivers to it
+    other = broker.watch("b", Recorder())
+    assert not broker.subscribe("a", Recorder()).hand_over(other)  # another channel
+
+
+def test_the_last_subscriber_leaving_frees_the_channel_though_a_watch_remains() -> None:
+    broker, _ = make()
+    sub = broker.subscribe("a", Recorder())
+    watch = broker.watch("a", Recorder())
+    assert sub.hand_over(watch)
+    sub.cancel()
+    assert broker.subscribers("a") == 0
+    assert broker.channel_count() == 0  # no history, no subscriber: freed
+    watch.cancel()
+    watch.cancel()  # twice is fine
+
+
+# -- the group's sweep ------------------------------------------------------------
+class Member:
+    """A stream as a group sees it: a position, an outlet, ``pulled``."""
+
+    def __init__(self, outlet: Outlet, plain: bool = True) -> None:
+        self.outlet = outlet
+        self.plain = plain
+        self.pos = 0
+        self.ended = False
+        self.pulled_counts: list[int] = []
+
+    def pulled(self, data: bytes, count: int) -> None:
+        self.pulled_counts.append(count)
+        self.outlet.write_now(data)
+
+
+class Frame:
+    """Just what Group.deliver reads of a message."""
+
+    def __init__(self, data: bytes) -> None:
+        self.encoded = {"sse": data}
+
+
+def turn(clock: Clock) -> None:
+    """One reactor turn: what is due now runs; what it schedules waits for the next."""
+    due = [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]
+    for call in due:
+        func, args, kw = call.func, call.args, call.kw
+        call.cancel()
+        func(*args, **kw)
+
+
+def setup(n: int, per_turn: int = 2) -> tuple[Clock, Group, list[Member], dict[str, int]]:
+    clock = Clock()
+    flusher = Flusher(clock, per_turn=per_turn)
+    counts = {"sse": 0}
+    emptied: list[Group] = []
+    group = Group("sse", flusher, emptied.append, counts, "sse")
+    members = [Member(Outlet(StringTransport(), 1024, flusher=flusher)) for _ in range(n)]
+    for m in members:
+        group.join(m)
+    return clock, group, members, counts
+
+
+def wire(m: Member) -> bytes:
+    return m.outlet.transport.value()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_every_member_gets_every_frame_once_in_order_a_slice_per_turn() -> None:
+    clock, group, members, counts = setup(5)
+    group.deliver(Frame(b"1"))  # type: ignore[arg-type]
+    turn(clock)
+    assert [wire(m) for m in members] == [b"1", b"1", b"", b"", b""]
+    group.deliver(Frame(b"2"))  # type: ignore[arg-type]  # published mid-sweep
+    turn(clock)
+    assert [wire(m) for m in members] == [b"1", b"1", b"12", b"12", b""]
+    late = Member(Outlet(StringTransport(), 1024))
+    group.join(late)  # joins now: only what comes next
+    turn(clock)
+    turn(clock)
+    turn(clock)
+    assert [wire(m) for m in members] == [b"12"] * 5
+    assert wire(late) == b""
+    assert group.frames == [] and clock.getDelayedCalls() == []  # all had it: dropped
+    assert counts["sse"] == 10
+
+
+def test_a_member_writing_its_own_bytes_takes_the_group_frames_first() -> None:
+    clock, group, members, _ = setup(2)
+    group.deliver(Frame(b"m1 "))  # type: ignore[arg-type]
+    a = members[0]
+    group.take(a)  # what a stream does before a heartbeat or notice
+    a.outlet.write(b"beat ")
+    group.deliver(Frame(b"m2 "))  # type: ignore[arg-type]
+    turn(clock)
+    turn(clock)
+    assert wire(a) == b"m1 beat m2 "
+    assert wire(members[1]) == b"m1 m2 "
+
+
+def test_a_paused_member_queues_within_its_bound_then_is_dropped() -> None:
+    clock, group, members, _ = setup(2)
+    dropped: list[int] = []
+    slow = members[1]
+    slow.outlet.on_overflow = lambda: dropped.append(1)
+    slow.outlet.limit = 5
+    slow.outlet.pauseProducing()
+    group.deliver(Frame(b"abc"))  # type: ignore[arg-type]
+    turn(clock)
+    assert wire(slow) == b"" and slow.outlet.queued == 3 and not dropped
+    group.deliver(Frame(b"def"))  # type: ignore[arg-type]
+    turn(clock)
+    assert dropped == [1] and slow.outlet.ended
+    assert wire(members[0]) == b"abcdef"  # the other one is not held up
+
+
+def test_a_member_with_a_budget_is_handed_its_frames() -> None:
+    clock, group, members, counts = setup(1)
+    members[0].plain = False
+    for data in (b"a", b"b"):
+        group.deliver(Frame(data))  # type: ignore[arg-type]
+    turn(clock)
+    assert members[0].pulled_counts == [2] and wire(members[0]) == b"ab"
+    assert counts["sse"] == 0  # a budgeted member counts its own deliveries
+
+
+def test_the_last_member_leaving_empties_the_group() -> None:
+    clock = Clock()
+    emptied: list[Group] = []
+    group = Group("sse", Flusher(clock), emptied.append, {"sse": 0}, "sse")
+    m = Member(Outlet(StringTransport(), 1024))
+    group.join(m)
+    group.leave(m)
+    assert emptied == [group]
