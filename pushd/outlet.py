@@ -24,7 +24,6 @@ from zope.interface import implementer
 
 from pushd import fastwrite
 from pushd.model import Message
-from pushd.wire import encode
 
 TRANSPORTS = ("poll", "longpoll", "stream", "sse", "ws")
 
@@ -121,13 +120,13 @@ class Group:
 
     def __init__(
         self,
-        fmt: str,
+        frame: Callable[[Message], bytes],
         flusher: Flusher,
         on_empty: Callable[[Group], None],
         counts: dict[str, int],
         transport: str,
     ) -> None:
-        self.fmt = fmt
+        self.frame = frame  # a message's bytes on this group's wire format
         self.counts = counts  # deliveries per transport, the registry's
         self.transport = transport
         self.flusher = flusher
@@ -223,7 +222,7 @@ class Group:
 
     # the broker's side: a watch of the channel
     def deliver(self, message: Message) -> None:
-        self.frames.append(message.encoded.get(self.fmt) or encode(message, self.fmt))
+        self.frames.append(self.frame(message))
         self.flusher.add_group(self)
 
     def reset(self, channel: str, cursor: str | None) -> None:

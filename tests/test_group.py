@@ -110,7 +110,7 @@ def setup(n: int, per_turn: int = 2) -> tuple[Clock, Group, list[Member], dict[s
     flusher = Flusher(clock, per_turn=per_turn)
     counts = {"sse": 0}
     emptied: list[Group] = []
-    group = Group("sse", flusher, emptied.append, counts, "sse")
+    group = Group(lambda m: m.encoded["sse"], flusher, emptied.append, counts, "sse")
     members = [Member(Outlet(StringTransport(), 1024, flusher=flusher)) for _ in range(n)]
     for m in members:
         group.join(m)
@@ -182,7 +182,7 @@ def test_a_member_with_a_budget_is_handed_its_frames() -> None:
 def test_the_last_member_leaving_empties_the_group() -> None:
     clock = Clock()
     emptied: list[Group] = []
-    group = Group("sse", Flusher(clock), emptied.append, {"sse": 0}, "sse")
+    group = Group(lambda m: m.encoded["sse"], Flusher(clock), emptied.append, {"sse": 0}, "sse")
     m = Member(Outlet(StringTransport(), 1024))
     group.join(m)
     group.leave(m)

@@ -6,7 +6,7 @@ none of them re-invents how an error or a number in the query looks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
@@ -15,7 +15,8 @@ from twisted.web.server import Request
 from pushd.broker.interface import Broker
 from pushd.config import Settings
 from pushd.errors import PushdError, bad_request
-from pushd.outlet import Flusher, Group, Registry
+from pushd.model import Message
+from pushd.outlet import Flusher, Group, Member, Registry
 from pushd.wire import dumps
 
 JSON = b"application/json"
@@ -104,3 +105,41 @@ class Context:
         self.flusher = Flusher(clock)  # one end-of-turn send per connection
         # (channel, wire format) -> the streams that share its frames
         self.groups: dict[tuple[str, str], Group] = {}
+
+
+def join_group(
+    ctx: Context,
+    key: tuple[str, str],
+    frame: Callable[[Message], bytes],
+    subscription: Any,
+    member: Member,
+    transport: str,
+) -> Group | None:
+    """Put ``member`` in the group of ``key`` (channel, wire format); the group, or None.
+
+    The group is made, with its broker watch, on first use. ``subscription``
+    (the member's own, just past its replay) hands its delivery over to the
+    group's watch; when it cannot (not at the same message), the member
+    stays on its own subscription and None is returned.
+    """
+    group = ctx.groups.get(key)
+    if group is None:
+        group = Group(frame, ctx.flusher, lambda g: _dissolve(ctx, key, g),
+                      ctx.registry.deliveries, transport)
+        group.subscription = ctx.broker.watch(key[0], group)
+        ctx.groups[key] = group
+    if subscription.hand_over(group.subscription):
+        group.join(member)
+        return group
+    if not group.members:
+        _dissolve(ctx, key, group)
+    return None
+
+
+def _dissolve(ctx: Context, key: tuple[str, str], group: Group) -> None:
+    """A group with no members left stops watching its channel."""
+    if ctx.groups.get(key) is group:
+        del ctx.groups[key]
+    if group.subscription is not None:
+        group.subscription.cancel()
+        group.subscription = None

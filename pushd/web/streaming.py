@@ -37,7 +37,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from pushd.model import Message
 from pushd.outlet import Group, Heartbeat, Outlet
-from pushd.web.common import Context
+from pushd.web.common import Context, join_group
 from pushd.wire import chunk, encode
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -220,21 +220,12 @@ class Streamer(Protocol):
         return TAKEN_OVER
 
     def _join_group(self, sub: Any) -> None:
-        """Take live messages through the channel's group, if it is where we are."""
-        ctx = self.ctx
-        key = (self.channel, self.fmt)
-        group = ctx.groups.get(key)
-        if group is None:
-            group = Group(
-                self.fmt, ctx.flusher, lambda g: _dissolve(ctx, key, g), self.counts, self.name
-            )
-            group.subscription = ctx.broker.watch(self.channel, group)
-            ctx.groups[key] = group
-        if sub.hand_over(group.subscription):
-            group.join(self)
-            self.group = group
-        elif not group.members:
-            _dissolve(ctx, key, group)
+        """Take live messages through the channel's group for our format."""
+        fmt = self.fmt
+        self.group = join_group(
+            self.ctx, (self.channel, fmt), lambda m: m.encoded.get(fmt) or encode(m, fmt),
+            sub, self, self.name,
+        )
 
     def end_politely(self) -> None:
         """Drain: say goodbye in this transport's way, then end."""
@@ -298,11 +289,3 @@ class Streamer(Protocol):
             d.callback(None)
         return True
 
-
-def _dissolve(ctx: Context, key: tuple[str, str], group: Group) -> None:
-    """A group with no members left stops watching its channel."""
-    if ctx.groups.get(key) is group:
-        del ctx.groups[key]
-    if group.subscription is not None:
-        group.subscription.cancel()
-        group.subscription = None

@@ -37,8 +37,8 @@ from twisted.python.failure import Failure
 
 from pushd.errors import PushdError, bad_request
 from pushd.model import Message, check_channel, check_event, loads_json
-from pushd.outlet import Outlet
-from pushd.web.common import Context
+from pushd.outlet import Group, Outlet
+from pushd.web.common import Context, join_group
 from pushd.web.origins import OriginPolicy
 from pushd.wire import closed_object, dumps, encode, reset_object
 
@@ -148,17 +148,39 @@ def frame_of(factory: WebSocketServerFactory, message: Message) -> bytes:
 
 # -- the broker's subscriber, one per (connection, channel) ---------------------
 class ChannelFeed:
-    """One channel of one connection: the broker delivers here."""
+    """One connection's subscription to one channel.
 
-    __slots__ = ("channel", "conn", "subscription")
+    Replay comes through :meth:`deliver`; live messages through the
+    channel's :class:`~pushd.outlet.Group` of shared frames once the
+    connection joined it (connections without compression), the group
+    sweeping this feed as one of its members.
+    """
+
+    plain = True  # the group writes our frames to the outlet itself
 
     def __init__(self, conn: WsProtocol, channel: str) -> None:
         self.conn = conn
         self.channel = channel
         self.subscription: Any = None
+        self.group: Group | None = None
+        self.pos = 0  # in the group
+        self._ended = False
+        # feeds are made once the connection is open, and so has its outlet
+        self.outlet: Outlet = conn.outlet  # type: ignore[assignment]
+
+    @property
+    def ended(self) -> bool:
+        conn = self.conn
+        return self._ended or conn.ended or conn.state != OPEN
 
     def deliver(self, message: Message) -> None:
         self.conn.send_message(message)
+
+    def pulled(self, data: bytes, count: int) -> None:
+        """Frames from the group (when the connection writes something itself)."""
+        if not self.ended:
+            self.conn.counts[TRANSPORT] += count
+            self.outlet.write_now(data)
 
     def reset(self, channel: str, cursor: str | None) -> None:
         self.conn.ctx.registry.resets[TRANSPORT] += 1
@@ -167,11 +189,21 @@ class ChannelFeed:
     def closed(self, channel: str) -> None:
         self.subscription = None  # the hub has already ended it
         self.conn.feed_closed(self)
+        self._leave()
 
     def cancel(self) -> None:
+        if self.group is not None and not self.ended:
+            self.group.take(self)  # what was published before: still ours
         if self.subscription is not None:
             self.subscription.cancel()
             self.subscription = None
+        self._leave()
+
+    def _leave(self) -> None:
+        self._ended = True
+        if self.group is not None:
+            self.group.leave(self)
+            self.group = None
 
 
 # -- the connection ---------------------------------------------------------------
@@ -232,6 +264,8 @@ class WsProtocol(WebSocketServerProtocol):
     def end_politely(self) -> None:
         """Drain: end every subscription and close with 1001 (going away)."""
         if self.outlet is not None:
+            if self.state == OPEN:
+                self._catch_up()
             self.outlet.flush()
         self._stop()
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -263,8 +297,15 @@ class WsProtocol(WebSocketServerProtocol):
         subscription = self.ctx.broker.subscribe(channel, feed, since)
         if self.ended or self.feeds.get(channel) is not feed:
             subscription.cancel()  # dropped during its own replay (slow client)
-        else:
-            feed.subscription = subscription
+            return
+        feed.subscription = subscription
+        if not self.deflate:  # compressed connections frame every message themselves
+            factory = self.factory
+            feed.group = join_group(
+                self.ctx, (channel, FRAME),
+                lambda m: m.encoded.get(FRAME) or frame_of(factory, m),
+                subscription, feed, TRANSPORT,
+            )
 
     def unsubscribe(self, channel: str) -> None:
         feed = self.feeds.pop(channel, None)
@@ -317,8 +358,15 @@ class WsProtocol(WebSocketServerProtocol):
     def send_payload(self, payload: bytes) -> None:
         """Frame ``payload`` for this connection alone (notices, deflate)."""
         if self._writable():
+            self._catch_up()
             with self._outgoing():
                 self.sendMessage(payload)
+
+    def _catch_up(self) -> None:
+        """Take what the groups hold for us, so it goes before what we write next."""
+        for feed in self.feeds.values():
+            if feed.group is not None:
+                feed.group.take(feed)
 
     @contextmanager
     def _outgoing(self) -> Iterator[None]:
@@ -348,6 +396,8 @@ class WsProtocol(WebSocketServerProtocol):
             self.outlet.write(data)
         else:
             if self.outlet is not None:
+                if self.state == OPEN:
+                    self._catch_up()
                 self.outlet.flush()
             super().sendData(data, sync, chopsize)
 
