@@ -7,14 +7,19 @@ once, in order, a slice of members per reactor turn.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from twisted.internet.task import Clock
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushd.broker.memory import MemoryBroker
 from pushd.outlet import Flusher, Group, Outlet
+from tests.clients import RawHTTP, get_request
+from tests.clients import subscribed as until_subscribed
 from tests.helpers import Recorder
 
 sync = SynchronousTestCase()
@@ -187,3 +192,28 @@ def test_the_last_member_leaving_empties_the_group() -> None:
     group.join(m)
     group.leave(m)
     assert emptied == [group]
+
+
+# -- over real sockets -----------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_many_streams_get_every_message_once_in_order_across_slices(running: Any) -> None:
+    """150 SSE streams (three slices of the flusher) and publishes landing mid-sweep."""
+    n = 150
+    conns = [await RawHTTP.open(running.port, get_request("/channels/many/events"))
+             for _ in range(n)]
+    try:
+        await until_subscribed(running.broker, "many", n)
+        assert len(running.daemon.context.groups) == 1  # one group serves them all
+        ids = [(await running.broker.publish("many", i)).id for i in range(3)]
+        await deferLater(reactor, 0, lambda: None)  # one slice has gone out
+        ids += [(await running.broker.publish("many", i)).id for i in range(3, 5)]
+        last = b"id: " + ids[-1].encode()
+        for conn in conns:
+            await conn.contains(last)
+        for conn in conns:
+            seen = re.findall(rb"id: (\S+)\n", conn.data)
+            assert [s.decode() for s in seen] == ids
+        assert running.registry.deliveries["sse"] == 5 * n
+    finally:
+        for conn in conns:
+            conn.close()
