@@ -158,23 +158,25 @@ class Group:
         """Give ``member`` every frame it has not had, now."""
         end = self.end
         pos = member.pos
-        if pos >= end:
-            return
+        if pos < end:
+            member.pos = end
+            member.pulled(self._since(pos, end), end - pos)
+
+    def _since(self, pos: int, end: int) -> bytes:
+        """``frames[pos:end]`` as one bytes, joined once for every member at ``pos``."""
         cached = self._joined
         if cached[0] == pos and cached[1] == end:
-            data = cached[2]
-        else:
-            frames = self.frames[pos - self.base :]
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            self._joined = (pos, end, data)
-        member.pos = end
-        member.pulled(data, end - pos)
+            return cached[2]
+        frames = self.frames[pos - self.base : end - self.base]
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self._joined = (pos, end, data)
+        return data
 
     def sweep(self, budget: int) -> int:
         """Send to up to ``budget`` members; how many were sent to.
 
-        The common member (no byte budget, its outlet idle) is served inline
-        and counted once per call: this loop runs once per delivery.
+        A member without a byte budget is written to here and counted once
+        per call, not per member: this loop runs once per delivery.
         """
         if self.sweeping is None:
             self.sweeping = list(self.members)
@@ -182,8 +184,6 @@ class Group:
             self.swept_to = self.end
         members = self.sweeping
         end = self.end
-        frames = self.frames
-        last_pos, data = -1, b""
         used = delivered = 0
         i = self.index
         n = len(members)
@@ -193,17 +193,12 @@ class Group:
             pos = member.pos
             if member.ended or pos >= end:
                 continue
-            if pos != last_pos:
-                chunk = frames[pos - self.base :]
-                data = chunk[0] if len(chunk) == 1 else b"".join(chunk)
-                last_pos = pos
+            data = self._since(pos, end)
             member.pos = end
             used += 1
-            outlet = member.outlet
-            if member.plain and not (outlet.paused or outlet.queue or outlet.ended):
+            if member.plain:
                 delivered += end - pos
-                outlet.sent += len(data)
-                fastwrite.write(outlet.transport, outlet.sock, data)
+                member.outlet.write_now(data)
             else:
                 member.pulled(data, end - pos)
         if delivered:

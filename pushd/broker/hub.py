@@ -127,7 +127,8 @@ class Hub:
         return sub
 
     def fanout(self, message: Message) -> int:
-        """Hand ``message`` to every subscription of its channel; how many."""
+        """Hand ``message`` to every subscription of its channel that is pushed
+        to (watches included, handed-over subscriptions not); how many."""
         subs = self._push.get(message.channel)
         if not subs:
             return 0
