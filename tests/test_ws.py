@@ -439,6 +439,27 @@ async def test_bad_channel_in_url_is_400_before_upgrade(running: Any) -> None:
     await response.content()
 
 
+@pytest_twisted.ensureDeferred
+async def test_channel_url_answers_alike_through_the_fast_lane_and_klein(
+    running: Any, connect: Any
+) -> None:
+    """``/channels/{ch}/ws`` skips Klein's router; a percent-escape goes through it."""
+    lane = await connect(running, "/channels/ticker/ws")
+    klein = await connect(running, "/channels/%74icker/ws")
+    assert await lane.barrier() == [] and await klein.barrier() == []
+    live = await publish(running, "ticker", 1)
+    assert [f["id"] for f in await lane.messages(1)] == [live]
+    assert [f["id"] for f in await klein.messages(1)] == [live]
+    # a bad channel is the same 400 either way, and a GET that is no upgrade the same 426
+    assert await raw_status(running.port, "/channels/bad!name/ws", None) == 400
+    assert await raw_status(running.port, "/channels/bad%21name/ws", None) == 400
+    for path in ("/channels/ticker/ws", "/channels/%74icker/ws"):
+        response = await within(treq.get(f"{running.url}{path}"))
+        assert response.code == 426
+        await response.content()
+    assert running.broker.subscribers("ticker") == 2
+
+
 # -- origins ----------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_origin_allowed_or_refused(start_daemon: Any) -> None:

@@ -144,7 +144,7 @@ class PushdApp:
 
     # -- assembly --------------------------------------------------------
     def resource(self) -> Resource:
-        # the hottest three URLs skip Klein's router (see pushd.web.fastlane)
+        # the hottest URLs skip Klein's router (see pushd.web.fastlane)
         return CorsResource(FastLane(self, self.app.resource()), self.origins)
 
     def site(self) -> PushdSite:

@@ -1,14 +1,16 @@
 """The URLs hit thousands of times a second, dispatched without Klein's router.
 
-``POST /channels/{ch}`` (publish) and ``GET /channels/{ch}/events`` and
-``/stream`` (subscribe) are most of a busy daemon's requests. Through Klein
+``POST /channels/{ch}`` (publish) and ``GET /channels/{ch}/events``,
+``/stream`` and ``/ws`` (subscribe; WebSocket handshakes come in storms
+when clients reconnect after a restart) are most of a busy daemon's
+requests. Through Klein
 each one binds a werkzeug URL map, matches it, and runs through several
 Deferreds, ``maybeDeferred`` calls and callbacks before reaching the
 handler: measured with ``python -m bench`` (2,000 channels, one subscriber
 each, publishing at full speed), that was about a third of a publish's CPU.
 
 :class:`FastLane` sits in front of the Klein resource. For exactly those
-three shapes of URL it calls the same route methods of
+shapes of URL it calls the same route methods of
 :class:`~pushd.web.app.PushdApp` Klein would call, with the same error
 handler; anything else, including any path it is not sure how Klein would
 decode (percent-escapes, bytes beyond ASCII, a trailing slash), goes to
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from pushd.errors import PushdError
@@ -57,6 +59,8 @@ class FastLane(Resource):
                     return self._answer(request, self.app.events, parts[0])
                 if parts[1] == b"stream":
                     return self._answer(request, self.app.stream, parts[0])
+                if parts[1] == b"ws":
+                    return self._answer(request, self.app.channel_websocket, parts[0])
         return self.inner.render(request)  # type: ignore[no-any-return]
 
     def _answer(
@@ -65,7 +69,8 @@ class FastLane(Resource):
         """Run ``route`` as Klein would and render what it gives.
 
         A route returns bytes, a resource (a stream that took its connection
-        over), or a coroutine; the memory broker answers a coroutine at once,
+        over, or Autobahn's, which takes it over for a WebSocket), or a
+        coroutine; the memory broker answers a coroutine at once,
         so its bytes are returned here too. A ``PushdError`` becomes the
         app's JSON error; any other exception is twisted.web's 500.
         """
@@ -73,10 +78,10 @@ class FastLane(Resource):
             result = route(request, channel.decode("ascii"))
         except PushdError:
             return self.app.pushd_error(request, Failure())
-        if isinstance(result, Resource):
-            return result.render(request)  # type: ignore[no-any-return]
         if isinstance(result, bytes):
             return result
+        if IResource.providedBy(result):  # Autobahn's is not a Resource subclass
+            return result.render(request)  # type: ignore[no-any-return]
         return self._settle(request, Deferred.fromCoroutine(result))
 
     def _settle(self, request: Request, d: Deferred[bytes]) -> bytes | int:
