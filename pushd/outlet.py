@@ -187,13 +187,16 @@ class Group:
         used = delivered = 0
         i = self.index
         n = len(members)
+        last, data = -1, b""  # most members are at the same position: join once
         while i < n and used < budget:
             member = members[i]
             i += 1
             pos = member.pos
             if member.ended or pos >= end:
                 continue
-            data = self._since(pos, end)
+            if pos != last:
+                data = self._since(pos, end)
+                last = pos
             member.pos = end
             used += 1
             if member.plain:
