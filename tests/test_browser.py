@@ -172,6 +172,37 @@ def test_receives_every_message_once_in_order(
     assert seen["transport"] == transport and seen["stats"]["reconnects"] == 0
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse", "stream"])
+def test_a_live_start_on_an_empty_channel_keeps_what_lands_before_the_stream_opens(
+    page: Any, pushd: PushdProcess, transport: str, request: Any
+) -> None:
+    """The race of a live start: the channel's position is read (empty, so
+    null), a message is published, and only then does the stream subscribe.
+    The page's ``fetch`` is wrapped so that the publish lands exactly there."""
+    ch = channel_name(request)
+    page.evaluate(
+        """([base, ch]) => {
+            const original = window.fetch;
+            let first = true;
+            window.fetch = async (url, init) => {
+                const answer = await original(url, init);
+                if (first && String(url).includes("/channels/" + ch + "/poll")) {
+                    first = false;
+                    await original(base + "/channels/" + ch, {method: "POST", body: "between"});
+                }
+                return answer;
+            };
+        }""",
+        [pushd.url, ch],
+    )
+    start(page, "s", pushd.url, ch, transport=transport)
+    wait_open(page, "s")
+    ids = [pushd.publish(ch, "after"), pushd.publish(ch, "last")]
+    seen = got(page, "s", 3)
+    assert seen["data"] == ["between", "after", "last"]
+    assert seen["ids"][1:] == ids and seen["resets"] == []
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_since_resumes_after_the_cursor(
     page: Any, pushd: PushdProcess, transport: str, request: Any

@@ -9,6 +9,7 @@
 
 const VERSION = "1";
 const TRANSPORTS = ["ws", "sse", "stream", "longpoll", "poll"];
+const STREAMING = ["ws", "sse", "stream"]; // one held connection that pushes
 const POLL_LIMIT = 100; // messages per poll answer; a full page is polled again at once
 const CATCH_UP_LIMIT = 1000; // history read when the cursor is "the channel was empty"
 const LONGPOLL_TIMEOUT = 25; // seconds a long-poll is held
@@ -82,10 +83,15 @@ class Conn {
     this.active = true;
     this.isOpen = false;
     this.stopper = null; // the transport's close()
+    this.held = null; // live messages kept back while a catch-up read runs
   }
   open() { if (this.active && !this.isOpen) { this.isOpen = true; this.sub._opened(this); } }
   bytes(n) { if (this.active) this.sub.stats.bytes += n; }
-  message(m) { if (this.active) this.sub._deliver(m); }
+  message(m) {
+    if (!this.active) return;
+    if (this.held) this.held.push(m);
+    else this.sub._deliver(m);
+  }
   reset(cursor) { if (this.active) this.sub._reset(cursor); }
   channelClosed() { if (this.active) this.sub._channelClosed(this); }
   /** The connection is over; `clean` when the server ended it on purpose. */
@@ -334,6 +340,30 @@ class Subscription {
     if (conn.active) pollAnswer(conn, JSON.parse(text));
   }
 
+  /** A stream opened live because the cursor is null ("the channel was
+   *  empty"): there is no `since` for that, and a message published between
+   *  reading the position and the stream subscribing would be lost. Now that
+   *  the stream is subscribed, read the whole history: its messages go first,
+   *  then the live ones that came meanwhile and were not in it. */
+  async _catchUp(conn) {
+    conn.held = [];
+    try {
+      const { text } = await fetchText(conn, this._url("poll", { limit: CATCH_UP_LIMIT }));
+      if (!conn.active) return;
+      const held = conn.held;
+      conn.held = null;
+      const body = JSON.parse(text);
+      const seen = new Set();
+      for (const m of body.messages || []) {
+        seen.add(m.id);
+        conn.message(asMessage(m));
+      }
+      for (const m of held) if (!seen.has(m.id)) conn.message(m);
+    } catch (e) {
+      conn.end(false);
+    }
+  }
+
   _connect() {
     if (this._closed) return;
     const name = this._order[this._index];
@@ -346,10 +376,11 @@ class Subscription {
     }, this._openTimeout);
     conn.openTimer = openTimer;
     const start = async () => {
-      if (name === "ws" || name === "sse" || name === "stream") {
+      if (STREAMING.includes(name)) {
         // Subscribing without `since` would lose what is published while
-        // reconnecting: learn the position first, or read from an empty start.
-        if (!(await this._position(conn)) && this.cursor === null) await this._replay(conn);
+        // reconnecting: learn the position first (still null for an empty
+        // channel: then _opened catches up once the stream is subscribed).
+        await this._position(conn);
       }
       if (conn.active) conn.stopper = OPEN[name](this, conn);
     };
@@ -363,6 +394,7 @@ class Subscription {
     this._failedOpens = 0;
     conn.stableTimer = this._later(() => { this._attempt = 0; }, this._backoff.stable);
     this._setState("open");
+    if (this.cursor === null && STREAMING.includes(conn.transport)) this._catchUp(conn);
   }
 
   _ended(conn, clean) {
