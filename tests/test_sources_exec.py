@@ -7,6 +7,7 @@ grace period run on a ``task.Clock``, so nothing here waits on wall time.
 from __future__ import annotations
 
 import os
+import select
 import sys
 from typing import Any
 
@@ -125,6 +126,61 @@ async def test_stop_kills_a_child_that_ignores_sigterm() -> None:
     await bounded(stopped)
     assert gone(pid)
     assert source.last_exit == "killed by signal 9"
+
+
+def exits(pid: int, within: float = 5.0) -> bool:
+    """True once ``pid`` has exited (a zombie counts), waiting at most ``within``.
+
+    Waits on a pidfd, which becomes readable when the process exits: the
+    helper's pipe closes a moment before its exit completes, so a test that
+    saw the pipe close still has to wait for that moment, on the event.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], within)[0])
+    finally:
+        os.close(fd)
+
+
+# The command starts a helper that shares its output pipe (as a shell
+# pipeline's members do), prints the helper's pid, then does ``rest``.
+WITH_HELPER = (
+    "import subprocess, sys\n"
+    "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+    "print(helper.pid)\n"
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_ends_what_the_command_started_too() -> None:
+    clock = Clock()
+    source, got = make(WITH_HELPER + FOREVER, clock)
+    source.startService()
+    await got.wait(1)
+    helper = int(got.data[0])
+    assert not exits(helper, 0)
+    await bounded(source.stopService())  # the helper held the pipe: this waited for it
+    assert exits(helper)
+    assert source.last_exit == "killed by signal 15"
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_that_exits_leaving_a_helper_is_restarted_without_it() -> None:
+    clock = Clock()
+    source, got = make(WITH_HELPER + "raise SystemExit(3)\n", clock)
+    ended = source.when_ended()
+    source.startService()
+    await got.wait(1)
+    helper = int(got.data[0])
+    await bounded(ended)  # the helper held the pipe; it got SIGTERM when the command exited
+    assert exits(helper)
+    assert source.last_exit == "exited with status 3"
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [1.0]  # the restart
+    await bounded(source.stopService())
 
 
 @pytest_twisted.ensureDeferred

@@ -5,6 +5,13 @@ Like websocketd, but into a channel: the command is an argv list handed to
 stderr goes to the log. When it exits it is started again with backoff; when
 the daemon stops it gets SIGTERM, then SIGKILL after ``stop_timeout``.
 
+The command runs in a session (and process group) of its own, and signals go
+to the whole group: a shell pipeline or a script's helpers stop with it. Left
+in the daemon's group, they would outlive it and, holding the output pipe,
+keep the source from ever seeing its command end. When the command exits by
+itself, whatever it left running in its group gets SIGTERM too, so a restart
+never runs beside the previous run's leftovers.
+
 Programs must write line by line (``python -u``, ``stdbuf -oL``, ``grep
 --line-buffered``): a pipe makes most programs buffer their output.
 """
@@ -13,6 +20,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -24,6 +33,11 @@ from twisted.python.failure import Failure
 from pushd.broker.interface import Broker
 from pushd.config import ConfigError
 from pushd.sources.base import Backoff, LineBuffer, Restarting, Settings, decode_line
+
+# Run first in the child, in place of the command (``execv`` keeps the pid):
+# a new session makes the pid the id of a process group holding everything
+# the command starts. ``-I -S``: no PYTHON* variables, no site, a quick start.
+_SESSION = ["-I", "-S", "-c", "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[2:])"]
 
 
 class _Child(ProcessProtocol):
@@ -42,6 +56,11 @@ class _Child(ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         for line in self.err.feed(data):
             self.source.stderr(line)
+
+    def processExited(self, reason: Failure) -> None:
+        # Its output pipes may still be held by what it started; ending
+        # those lets processEnded come.
+        self.source.signal_group(signal.SIGTERM)
 
     def processEnded(self, reason: Failure) -> None:
         tail = self.out.flush()
@@ -95,6 +114,7 @@ class Exec(Restarting):
         self.cwd = cwd
         self.stop_timeout = stop_timeout
         self.transport: IProcessTransport | None = None
+        self.group: int | None = None  # the running command's process group
         self.last_exit: str | None = None
         self._kill: IDelayedCall | None = None
 
@@ -108,14 +128,17 @@ class Exec(Restarting):
         env = dict(os.environ)
         env.update(self.env)
         self.transport = self.reactor.spawnProcess(
-            child, self.executable, self.argv, env=env, path=self.cwd
+            child, sys.executable, [sys.executable, *_SESSION, self.executable, *self.argv],
+            env=env, path=self.cwd,
         )
+        self.group = self.transport.pid
         child.ended.addBoth(self._gone)
         self.connected(f"started {self.argv[0]} (pid {self.transport.pid})")
         return child.ended
 
     def _gone(self, result: Any) -> Any:
         self.transport = None
+        self.group = None
         self.last_exit = result if isinstance(result, str) else None
         if self._kill is not None and self._kill.active():
             self._kill.cancel()
@@ -137,10 +160,22 @@ class Exec(Restarting):
                 "source {source}: pid {pid} ignored SIGTERM for {t}s, killing it",
                 source=self.name, pid=self.transport.pid, t=self.stop_timeout,
             )
-        try:
+        if self.signal_group(getattr(signal, "SIG" + name)):
+            return
+        try:  # no group yet (the child is between fork and setsid)
             self.transport.signalProcess(name)
         except (OSError, ProcessExitedAlready):  # already gone: processEnded is on its way
             pass
+
+    def signal_group(self, sig: int) -> bool:
+        """Send ``sig`` to the command's process group; False if there is none."""
+        if self.group is None:
+            return False
+        try:
+            os.killpg(self.group, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def line(self, raw: bytes) -> None:
         ok, data = decode_line(self, raw, self.as_json)
