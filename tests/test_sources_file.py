@@ -73,6 +73,32 @@ def test_truncation_restarts_from_the_beginning(tmp_path: Path) -> None:
     source.stopService()
 
 
+def test_truncated_and_written_past_the_old_length_between_polls(tmp_path: Path) -> None:
+    """Not shorter than what was read, so only the bytes themselves tell."""
+    path = tmp_path / "app.log"
+    path.write_text("")
+    source, got, clock = start(path)
+    append(path, "first\n")
+    clock.advance(TICK)
+    with open(path, "w", encoding="utf-8") as f:  # truncate, then more than before
+        f.write("one new line\ntwo\n")
+    clock.advance(TICK)
+    append(path, "three\n")
+    clock.advance(TICK)
+    assert got.data == ["first", "one new line", "two", "three"]
+    source.stopService()
+
+
+def test_a_file_rewritten_before_the_first_read_is_read_from_its_start(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("old old old\n")
+    source, got, clock = start(path)  # at the end of the old text
+    path.write_text("a different, longer text\n")
+    clock.advance(TICK)
+    assert got.data == ["a different, longer text"]
+    source.stopService()
+
+
 def test_rotation_by_rename_follows_the_new_file(tmp_path: Path) -> None:
     path = tmp_path / "app.log"
     path.write_text("")

@@ -4,7 +4,11 @@ The file is polled on the clock (``stat`` + ``read``) every ``interval``
 seconds: simple, portable, and it works for files on any filesystem. Each
 poll notices
 
-- truncation (the file got shorter than what was read): read again from 0;
+- truncation (the file got shorter than what was read): read again from 0.
+  A file truncated and written past the old length between two polls is not
+  shorter, so the last bytes read are kept and compared with what the file
+  now holds at that place (one small ``pread`` a poll): different bytes also
+  mean "read again from 0";
 - rotation (the path now names another file, e.g. ``logrotate`` renamed the
   old one and created a new one): finish the old file, then follow the new
   one from its start;
@@ -27,6 +31,7 @@ from pushd.config import ConfigError
 from pushd.sources.base import LineBuffer, Periodic, Settings, decode_line
 
 MAX_READ = 1024 * 1024
+TAIL = 64  # bytes before the read position, checked each poll for a rewrite
 
 
 class FileSource(Periodic):
@@ -55,6 +60,7 @@ class FileSource(Periodic):
         self._file: IO[bytes] | None = None
         self._identity: tuple[int, int] | None = None
         self._position = 0
+        self._tail = b""  # the last bytes read, ending at _position
         self._lines = LineBuffer()
         self._opened_once = False
         self._missing_logged = False
@@ -80,11 +86,12 @@ class FileSource(Periodic):
             return
         assert self._file is not None
         size = os.fstat(self._file.fileno()).st_size
-        if size < self._position:
+        if size < self._position or self._rewritten():
             self.log.info("source {source}: {path} was truncated, reading from its start",
                           source=self.name, path=self.path)
             self._file.seek(0)
             self._position = 0
+            self._tail = b""
             self._lines = LineBuffer()
         budget = self._read(self.max_read)
         if budget <= 0:
@@ -122,10 +129,21 @@ class FileSource(Periodic):
         if not self._opened_once and not self.from_start:
             f.seek(0, os.SEEK_END)
         self._position = f.tell()
+        self._tail = self._bytes_before(self._position)
         self._opened_once = True
         self._missing_logged = False
         self.log.info("source {source}: following {path}", source=self.name, path=self.path)
         return True
+
+    def _bytes_before(self, position: int) -> bytes:
+        """What the file holds now in the ``TAIL`` bytes before ``position``."""
+        assert self._file is not None
+        n = min(TAIL, position)
+        return os.pread(self._file.fileno(), n, position - n) if n else b""
+
+    def _rewritten(self) -> bool:
+        """The bytes last read are no longer there: truncated and written again."""
+        return bool(self._tail) and self._bytes_before(self._position) != self._tail
 
     def _read(self, budget: int) -> int:
         """Read up to ``budget`` bytes; publish whole lines; return what is left."""
@@ -136,6 +154,7 @@ class FileSource(Periodic):
                 break
             budget -= len(data)
             self._position += len(data)
+            self._tail = (self._tail + data)[-TAIL:]
             for line in self._lines.feed(data):
                 self._line(line)
         self.errors += self._lines.overflowed
