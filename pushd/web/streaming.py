@@ -288,4 +288,3 @@ class Streamer(Protocol):
         for d in waiters or ():
             d.callback(None)
         return True
-

@@ -264,8 +264,7 @@ class WsProtocol(WebSocketServerProtocol):
     def end_politely(self) -> None:
         """Drain: end every subscription and close with 1001 (going away)."""
         if self.outlet is not None:
-            if self.state == OPEN:
-                self._catch_up()
+            self._catch_up()
             self.outlet.flush()
         self._stop()
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -363,7 +362,12 @@ class WsProtocol(WebSocketServerProtocol):
                 self.sendMessage(payload)
 
     def _catch_up(self) -> None:
-        """Take what the groups hold for us, so it goes before what we write next."""
+        """Take what the groups hold for us, so it goes before what we write next.
+
+        Nothing once the connection is closing: no data frame may follow a close.
+        """
+        if self.state != OPEN:
+            return
         for feed in self.feeds.values():
             if feed.group is not None:
                 feed.group.take(feed)
@@ -396,8 +400,7 @@ class WsProtocol(WebSocketServerProtocol):
             self.outlet.write(data)
         else:
             if self.outlet is not None:
-                if self.state == OPEN:
-                    self._catch_up()
+                self._catch_up()
                 self.outlet.flush()
             super().sendData(data, sync, chopsize)
 
