@@ -92,13 +92,17 @@ class Flusher:
             self.scheduled = False
 
 
+GONE = 1 << 62  # the position of a member that left: past any frame, never sent to
+
+
 class Member(Protocol):
     """A stream in a :class:`Group`: where it is, and what to do with frames."""
 
     pos: int  # the group's index of the next frame this member has not been sent
-    ended: bool
-    plain: bool  # no byte budget: the group may write to its outlet itself
-    outlet: Outlet
+    # The outlet the group writes this member's frames to itself (counted per
+    # sweep), or None: then every write goes through ``pulled``, which can
+    # check the member's own state (a byte budget, a WebSocket's close).
+    direct: Outlet | None
 
     def pulled(self, data: bytes, count: int) -> None:
         """Write ``count`` frames, ``data``, from the group (counted as deliveries)."""
@@ -150,6 +154,7 @@ class Group:
         self.members[member] = None
 
     def leave(self, member: Member) -> None:
+        member.pos = GONE  # a sweep under way passes it by
         self.members.pop(member, None)
         if not self.members:
             self.on_empty(self)
@@ -175,8 +180,12 @@ class Group:
     def sweep(self, budget: int) -> int:
         """Send to up to ``budget`` members; how many were sent to.
 
-        A member without a byte budget is written to here and counted once
-        per call, not per member: this loop runs once per delivery.
+        This loop runs once per delivery, so it makes no call for a member
+        whose outlet is idle on plain TCP: it sends on the socket itself,
+        under the same conditions as :func:`pushd.fastwrite.write` (nothing
+        queued or paused in the outlet, nothing buffered by Twisted, not
+        closing), and leaves every other case to ``Outlet.write_now``.
+        Deliveries are counted once per call, not per member.
         """
         if self.sweeping is None:
             self.sweeping = list(self.members)
@@ -184,26 +193,47 @@ class Group:
             self.swept_to = self.end
         members = self.sweeping
         end = self.end
-        used = delivered = 0
+        delivered = used = visited = 0
         i = self.index
         n = len(members)
-        last, data = -1, b""  # most members are at the same position: join once
-        while i < n and used < budget:
-            member = members[i]
-            i += 1
+        last, data, size = -1, b"", 0  # most members are at the same position: join once
+        for member in members[i:] if i else members:
+            visited += 1
             pos = member.pos
-            if member.ended or pos >= end:
+            if pos >= end:  # had everything, or left (GONE)
                 continue
             if pos != last:
                 data = self._since(pos, end)
+                size = len(data)
                 last = pos
             member.pos = end
             used += 1
-            if member.plain:
-                delivered += end - pos
-                member.outlet.write_now(data)
-            else:
+            outlet = member.direct
+            if outlet is None:
                 member.pulled(data, end - pos)
+            else:
+                delivered += end - pos
+                sock = outlet.sock
+                t: Any = outlet.transport
+                if (
+                    sock is None or outlet.ended or outlet.paused or outlet.queue
+                    or t.dataBuffer or t._tempDataLen or t.disconnecting or t.TLS
+                ):
+                    outlet.write_now(data)
+                else:
+                    outlet.sent += size
+                    try:
+                        sent = sock.send(data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:  # Twisted's next attempt finds the error, closes it
+                        sent = -1
+                    if sent != size:
+                        # the rest waits in Twisted, with its back-pressure
+                        t.write(data[sent:] if sent >= 0 else data)
+            if used == budget:
+                break
+        i += visited
         if delivered:
             self.counts[self.transport] += delivered
         self.index = i

@@ -84,9 +84,8 @@ class Member:
 
     def __init__(self, outlet: Outlet, plain: bool = True) -> None:
         self.outlet = outlet
-        self.plain = plain
+        self.direct = outlet if plain else None
         self.pos = 0
-        self.ended = False
         self.pulled_counts: list[int] = []
 
     def pulled(self, data: bytes, count: int) -> None:
@@ -176,7 +175,7 @@ def test_a_paused_member_queues_within_its_bound_then_is_dropped() -> None:
 
 def test_a_member_with_a_budget_is_handed_its_frames() -> None:
     clock, group, members, counts = setup(1)
-    members[0].plain = False
+    members[0].direct = None
     for data in (b"a", b"b"):
         group.deliver(Frame(data))  # type: ignore[arg-type]
     turn(clock)

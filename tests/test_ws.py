@@ -614,6 +614,66 @@ async def test_end_politely_closes_with_1001(running: Any, connect: Any) -> None
     assert running.registry.count("ws") == 0
 
 
+class RawRecorder(RawHandshake):
+    """A hand-written client that keeps every byte after the handshake's answer;
+    ``closing`` fires once the server's close frame has come."""
+
+    def __init__(self, request: bytes) -> None:
+        super().__init__(request)
+        self.after = b""
+        self.closing: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.status.called:
+            self.after += data
+        else:
+            super().dataReceived(data)
+            if self.status.called:
+                self.after = self.buffer.split(b"\r\n\r\n", 1)[1]
+        if not self.closing.called and 8 in [op for op, _ in server_frames(self.after)]:
+            self.closing.callback(None)
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """``(opcode, payload)`` of the whole unmasked frames at the start of ``data``."""
+    frames = []
+    while len(data) >= 2:
+        size, start = data[1] & 0x7F, 2
+        if size == 126:
+            size, start = int.from_bytes(data[2:4], "big"), 4
+        if len(data) < start + size:
+            break
+        frames.append((data[0] & 0x0F, data[start : start + size]))
+        data = data[start + size :]
+    return frames
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_data_frame_follows_the_servers_close_frame(running: Any, connect: Any) -> None:
+    """While the server waits for the answer to its close frame, messages of the
+    connection's channels are not sent: no data frame may follow a close."""
+    raw = RawRecorder(handshake(running.port, "/channels/cl/ws"))
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", running.port)
+    await within(endpoint.connect(Factory.forProtocol(lambda: raw)))
+    assert await within(raw.status) == 101
+    witness = await connect(running, "/channels/cl/ws")  # swept after raw
+    await witness.barrier()
+    before = await publish(running, "cl", "before")
+    assert [f["id"] for f in await witness.messages(1)] == [before]
+
+    raw.transport.write(b"\x83\x81\x00\x00\x00\x00x")  # reserved opcode 3: a protocol error
+    await within(raw.closing)
+    after = await publish(running, "cl", "after")
+    assert [f["id"] for f in await witness.messages(1)] == [after]
+    await witness.barrier()  # raw's bytes, sent before the witness's, have been read
+
+    frames = [(op, p) for op, p in server_frames(raw.after) if op in (1, 2, 8)]
+    assert [op for op, _ in frames] == [1, 8]
+    assert json.loads(frames[0][1])["id"] == before
+    assert frames[1][1][:2] == (1002).to_bytes(2, "big")
+    raw.transport.abortConnection()
+
+
 # -- backpressure -----------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_client_that_does_not_read_is_dropped_while_another_gets_everything(

@@ -112,7 +112,6 @@ class Streamer(Protocol):
         self.ctx = ctx
         self.channel = channel
         self.max_bytes = max_bytes
-        self.plain = not max_bytes  # the group may write for us (see Group.sweep)
         self.counts = ctx.registry.deliveries  # per transport, bumped per delivery
         self.heartbeat_timer = heartbeat
         self.subscription: Any = None
@@ -130,6 +129,8 @@ class Streamer(Protocol):
         transport = take_over(request, self)
         self.outlet = Outlet(transport, ctx.settings.limits.queue, self._overflowed, ctx.flusher)
         transport.registerProducer(self.outlet, True)
+        # without a byte budget the group may write our frames itself (Group.sweep)
+        self.direct: Outlet | None = None if max_bytes else self.outlet
         ctx.registry.opened(self.name, self)
         heartbeat.add(self)
 

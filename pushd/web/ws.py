@@ -156,8 +156,6 @@ class ChannelFeed:
     sweeping this feed as one of its members.
     """
 
-    plain = True  # the group writes our frames to the outlet itself
-
     def __init__(self, conn: WsProtocol, channel: str) -> None:
         self.conn = conn
         self.channel = channel
@@ -167,6 +165,10 @@ class ChannelFeed:
         self._ended = False
         # feeds are made once the connection is open, and so has its outlet
         self.outlet: Outlet = conn.outlet  # type: ignore[assignment]
+        # The group writes our frames to the outlet itself (Group.sweep). It
+        # cannot see the WebSocket's state: the connection takes its feeds
+        # out of their groups before it closes (WsProtocol._leave_groups).
+        self.direct: Outlet | None = self.outlet
 
     @property
     def ended(self) -> bool:
@@ -201,6 +203,10 @@ class ChannelFeed:
 
     def _leave(self) -> None:
         self._ended = True
+        self.leave_group()
+
+    def leave_group(self) -> None:
+        """Take no more frames from the group (the subscription may go on)."""
         if self.group is not None:
             self.group.leave(self)
             self.group = None
@@ -403,6 +409,24 @@ class WsProtocol(WebSocketServerProtocol):
                 self._catch_up()
                 self.outlet.flush()
             super().sendData(data, sync, chopsize)
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        """Close, then let no group sweep a data frame out behind the close frame."""
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        self._leave_groups()
+
+    def dropConnection(self, abort: bool = False) -> None:
+        """Drop the TCP connection; nothing more is written to it."""
+        self._leave_groups()
+        super().dropConnection(abort)
+
+    def _leave_groups(self) -> None:
+        """Groups write our frames without looking at the WebSocket's state
+        (:class:`ChannelFeed`): once it leaves OPEN, they must stop."""
+        for feed in self.feeds.values():
+            feed.leave_group()
 
     # -- ending ---------------------------------------------------------------
     def _overflowed(self) -> None:
