@@ -12,6 +12,10 @@ the kernel did not take to ``transport.write``, which then buffers, watches
 and applies its producer back-pressure as usual. Bytes stay in order because
 the direct path is taken only while Twisted holds nothing for the socket.
 
+:meth:`pushd.outlet.Group.sweep`, the loop that runs once per delivery,
+makes the same check inline instead of calling :func:`write`: a change to
+the conditions here must be made there too.
+
 It applies to plain TCP only (:func:`socket_of` returns None otherwise):
 under TLS, or for any other transport, every byte goes through
 ``transport.write``.
