@@ -14,11 +14,11 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 
 from pushd import fastwrite
-from pushd.outlet import Outlet
+from pushd.outlet import Flusher, Group, Outlet
 
 
 class Sink(Protocol):
@@ -314,3 +314,50 @@ def test_flush_sends_what_the_turn_holds_before_a_clean_end() -> None:
     assert transport.value() == b"last words"
     clock.advance(0)
     assert transport.writes == 1
+
+
+class Plain:
+    """A group member without a byte budget: the sweep writes to its outlet itself."""
+
+    def __init__(self, outlet: Outlet) -> None:
+        self.pos = 0
+        self.direct: Outlet | None = outlet
+
+    def pulled(self, data: bytes, count: int) -> None:
+        raise AssertionError("a plain member is written to by the sweep")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_sweep_sends_on_an_idle_socket_and_keeps_order_after_a_partial_send() -> None:
+    """Group.sweep repeats fastwrite's idle check inline: same outcome on the wire."""
+    transport, sink, port = await pair()
+    try:
+        clock = Clock()
+        flusher = Flusher(clock)
+        counts = {"sse": 0}
+        group = Group(lambda m: m, flusher, lambda g: None, counts, "sse")  # type: ignore[arg-type,return-value]
+        outlet = Outlet(transport, 64 * 1024 * 1024, flusher=flusher)
+        group.join(Plain(outlet))  # type: ignore[arg-type]
+
+        group.deliver(b"one ")  # type: ignore[arg-type]
+        clock.advance(0)
+        assert transport not in reactor.getWriters()  # sent on the socket, not buffered
+        assert not transport._tempDataLen and not transport.dataBuffer
+        assert await sink.expect(4) == b"one "
+
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sink.transport.pauseProducing()  # the client stops reading
+        big = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than the kernel takes
+        group.deliver(big)  # type: ignore[arg-type]
+        clock.advance(0)
+        assert 0 < transport._tempDataLen < len(big)  # the rest waits in Twisted
+        assert transport in reactor.getWriters()
+        group.deliver(b"tail")  # type: ignore[arg-type]
+        clock.advance(0)  # behind what waits, not around it
+        sink.transport.resumeProducing()
+        sink.until = Deferred()  # expect() fires once
+        assert await sink.expect(8 + len(big)) == b"one " + big + b"tail"
+        assert counts["sse"] == 3
+        assert outlet.sent == 8 + len(big)
+    finally:
+        await close(transport, sink, port)

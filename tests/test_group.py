@@ -183,6 +183,18 @@ def test_a_member_with_a_budget_is_handed_its_frames() -> None:
     assert counts["sse"] == 0  # a budgeted member counts its own deliveries
 
 
+def test_a_member_that_leaves_mid_sweep_is_passed_by() -> None:
+    clock, group, members, counts = setup(4)
+    group.deliver(Frame(b"1"))  # type: ignore[arg-type]
+    turn(clock)  # the first two
+    group.leave(members[3])  # not reached yet
+    turn(clock)
+    assert [wire(m) for m in members] == [b"1", b"1", b"1", b""]
+    assert counts["sse"] == 3
+    group.take(members[3])  # what a stream ending does: nothing is left for it
+    assert wire(members[3]) == b""
+
+
 def test_the_last_member_leaving_empties_the_group() -> None:
     clock = Clock()
     emptied: list[Group] = []
