@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock
 
 from pushd.config import DEFAULT_LISTEN, ConfigError, load
-from pushd.tap import Options, makeService
+from pushd.tap import GC_THRESHOLDS, Options, makeService, tune_gc
 from tests.process import Child, bounded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +151,23 @@ def test_nothing_listens_or_runs_before_start() -> None:
     clock.advance(1)
     assert service.broker.read("ticker", None, 10).result.messages  # type: ignore[attr-defined]
     service.stopService()
+
+
+def test_twistd_pushd_tunes_the_garbage_collector_once_running() -> None:
+    clock = MemoryReactorClock()
+    makeService(options("--listen", "tcp:8123:interface=127.0.0.1"), reactor=clock)
+    assert (tune_gc, (), {}) in clock.whenRunningHooks
+    # What it does, in a process of its own (this one's collector is left alone).
+    probe = (
+        "import gc; from pushd.tap import tune_gc; before = gc.get_freeze_count(); tune_gc(); "
+        "print(before, gc.get_freeze_count(), *gc.get_threshold())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    before, frozen, *thresholds = map(int, result.stdout.split())
+    assert before == 0 and frozen > 1000  # startup's objects, out of every collection
+    assert tuple(thresholds) == GC_THRESHOLDS != (700, 10, 10)
 
 
 @pytest_twisted.ensureDeferred
