@@ -101,8 +101,13 @@ class Member(Protocol):
     pos: int  # the group's index of the next frame this member has not been sent
     # The outlet the group writes this member's frames to itself (counted per
     # sweep), or None: then every write goes through ``pulled``, which can
-    # check the member's own state (a byte budget, a WebSocket's close).
+    # check the member's own state.
     direct: Outlet | None
+    max_bytes: int  # a byte budget (0: none): past it the sweep calls ``end()``
+    body_bytes: int  # bytes written so far, kept by the sweep only under a budget
+
+    def end(self) -> None:
+        """Finish the response cleanly: its byte budget is spent."""
 
     def pulled(self, data: bytes, count: int) -> None:
         """Write ``count`` frames, ``data``, from the group (counted as deliveries)."""
@@ -184,7 +189,8 @@ class Group:
         whose outlet is idle on plain TCP: it sends on the socket itself,
         under the same conditions as :func:`pushd.fastwrite.write` (nothing
         queued or paused in the outlet, nothing buffered by Twisted, not
-        closing), and leaves every other case to ``Outlet.write_now``.
+        closing), and leaves every other case to ``Outlet.write_now``. It
+        keeps a member's byte budget, and ends the member once it is spent.
         Deliveries are counted once per call, not per member.
         """
         if self.sweeping is None:
@@ -231,6 +237,10 @@ class Group:
                     if sent != size:
                         # the rest waits in Twisted, with its back-pressure
                         t.write(data[sent:] if sent >= 0 else data)
+                if member.max_bytes:
+                    member.body_bytes += size
+                    if member.body_bytes >= member.max_bytes:
+                        member.end()
             if used == budget:
                 break
         i += visited

@@ -86,7 +86,12 @@ class Member:
         self.outlet = outlet
         self.direct = outlet if plain else None
         self.pos = 0
+        self.max_bytes = self.body_bytes = 0
+        self.ended_at: int | None = None  # body_bytes when end() was called
         self.pulled_counts: list[int] = []
+
+    def end(self) -> None:
+        self.ended_at = self.body_bytes
 
     def pulled(self, data: bytes, count: int) -> None:
         self.pulled_counts.append(count)
@@ -173,14 +178,28 @@ def test_a_paused_member_queues_within_its_bound_then_is_dropped() -> None:
     assert wire(members[0]) == b"abcdef"  # the other one is not held up
 
 
-def test_a_member_with_a_budget_is_handed_its_frames() -> None:
+def test_a_member_without_an_outlet_for_the_group_is_handed_its_frames() -> None:
     clock, group, members, counts = setup(1)
     members[0].direct = None
     for data in (b"a", b"b"):
         group.deliver(Frame(data))  # type: ignore[arg-type]
     turn(clock)
     assert members[0].pulled_counts == [2] and wire(members[0]) == b"ab"
-    assert counts["sse"] == 0  # a budgeted member counts its own deliveries
+    assert counts["sse"] == 0  # such a member counts its own deliveries
+
+
+def test_the_sweep_keeps_a_byte_budget_and_ends_the_member_once_spent() -> None:
+    clock, group, members, counts = setup(2)
+    budgeted, free = members
+    budgeted.max_bytes = 5
+    group.deliver(Frame(b"abc"))  # type: ignore[arg-type]
+    turn(clock)
+    assert budgeted.ended_at is None and budgeted.body_bytes == 3
+    group.deliver(Frame(b"de"))  # type: ignore[arg-type]
+    turn(clock)
+    assert budgeted.ended_at == 5 and wire(budgeted) == b"abcde"  # ended after that send
+    assert free.ended_at is None and free.body_bytes == 0  # no budget: nothing kept
+    assert counts["sse"] == 4
 
 
 def test_a_member_that_leaves_mid_sweep_is_passed_by() -> None:

@@ -306,6 +306,34 @@ async def test_stream_ends_cleanly_after_its_byte_budget(start_daemon: Any) -> N
     assert [m["id"] for m in page["messages"]] == ids[len(got) :]
 
 
+@pytest_twisted.ensureDeferred
+async def test_plain_stream_ends_cleanly_after_its_byte_budget_in_live_messages(
+    start_daemon: Any,
+) -> None:
+    """Without gzip, live messages come through the channel's group: its sweep keeps the budget."""
+
+    def edit(s: Any) -> None:
+        s.stream.max_bytes = 1000
+
+    running = start_daemon(edit)
+    raw = await RawHTTP.open(running.port, get_request("/channels/c/stream"))
+    await raw.contains(b"\r\n\r\n")
+    assert "content-encoding" not in split_response(raw.data)[1]
+    await subscribed(running, "c")
+    ids: list[str] = []
+    for _ in range(6):  # one message per sweep, so the budget is passed by one message
+        ids.append(await publish(running, "c", "x" * 300))
+        await raw.until(lambda data, last=ids[-1].encode(): last in data or raw.ended)
+    await raw.until(lambda _: raw.ended)  # the server ended the response
+    chunks, finished = dechunk(split_response(raw.data)[2])
+    assert finished  # with the last chunk: a clean end, not a drop
+    got = [json.loads(line)["id"] for line in b"".join(chunks).splitlines() if line]
+    assert got == ids[: len(got)] and 2 <= len(got) < 6
+    assert running.broker.subscribers("c") == 0
+    code, page, _ = await get_json(running.url + f"/channels/c/poll?since={got[-1]}")
+    assert [m["id"] for m in page["messages"]] == ids[len(got) :]
+
+
 # -- one sequence, four transports ------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_same_ids_in_the_same_order_through_all_four(running: Any) -> None:

@@ -129,8 +129,8 @@ class Streamer(Protocol):
         transport = take_over(request, self)
         self.outlet = Outlet(transport, ctx.settings.limits.queue, self._overflowed, ctx.flusher)
         transport.registerProducer(self.outlet, True)
-        # without a byte budget the group may write our frames itself (Group.sweep)
-        self.direct: Outlet | None = None if max_bytes else self.outlet
+        # the group writes our frames itself, and keeps our byte budget (Group.sweep)
+        self.direct: Outlet | None = self.outlet
         ctx.registry.opened(self.name, self)
         heartbeat.add(self)
 

@@ -156,6 +156,9 @@ class ChannelFeed:
     sweeping this feed as one of its members.
     """
 
+    max_bytes = 0  # no byte budget on a WebSocket
+    body_bytes = 0
+
     def __init__(self, conn: WsProtocol, channel: str) -> None:
         self.conn = conn
         self.channel = channel
