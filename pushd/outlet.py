@@ -103,11 +103,10 @@ class Member(Protocol):
     # sweep), or None: then every write goes through ``pulled``, which can
     # check the member's own state.
     direct: Outlet | None
-    max_bytes: int  # a byte budget (0: none): past it the sweep calls ``end()``
-    body_bytes: int  # bytes written so far, kept by the sweep only under a budget
+    max_bytes: int  # a byte budget (0: none): the sweep reports what it writes
 
-    def end(self) -> None:
-        """Finish the response cleanly: its byte budget is spent."""
+    def spent(self, size: int) -> None:
+        """``size`` more bytes of the budget are written; end once it is spent."""
 
     def pulled(self, data: bytes, count: int) -> None:
         """Write ``count`` frames, ``data``, from the group (counted as deliveries)."""
@@ -189,8 +188,8 @@ class Group:
         whose outlet is idle on plain TCP: it sends on the socket itself,
         under the same conditions as :func:`pushd.fastwrite.write` (nothing
         queued or paused in the outlet, nothing buffered by Twisted, not
-        closing), and leaves every other case to ``Outlet.write_now``. It
-        keeps a member's byte budget, and ends the member once it is spent.
+        closing), and leaves every other case to ``Outlet.write_now``. A
+        member with a byte budget is told what it was written.
         Deliveries are counted once per call, not per member.
         """
         if self.sweeping is None:
@@ -238,9 +237,7 @@ class Group:
                         # the rest waits in Twisted, with its back-pressure
                         t.write(data[sent:] if sent >= 0 else data)
                 if member.max_bytes:
-                    member.body_bytes += size
-                    if member.body_bytes >= member.max_bytes:
-                        member.end()
+                    member.spent(size)
             if used == budget:
                 break
         i += visited

@@ -319,7 +319,7 @@ def test_flush_sends_what_the_turn_holds_before_a_clean_end() -> None:
 class Plain:
     """A group member without a byte budget: the sweep writes to its outlet itself."""
 
-    max_bytes = body_bytes = 0
+    max_bytes = 0
 
     def __init__(self, outlet: Outlet) -> None:
         self.pos = 0

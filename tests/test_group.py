@@ -87,11 +87,13 @@ class Member:
         self.direct = outlet if plain else None
         self.pos = 0
         self.max_bytes = self.body_bytes = 0
-        self.ended_at: int | None = None  # body_bytes when end() was called
+        self.ended_at: int | None = None  # body_bytes when the budget was spent
         self.pulled_counts: list[int] = []
 
-    def end(self) -> None:
-        self.ended_at = self.body_bytes
+    def spent(self, size: int) -> None:
+        self.body_bytes += size
+        if self.body_bytes >= self.max_bytes:
+            self.ended_at = self.body_bytes
 
     def pulled(self, data: bytes, count: int) -> None:
         self.pulled_counts.append(count)

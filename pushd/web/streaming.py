@@ -129,7 +129,7 @@ class Streamer(Protocol):
         transport = take_over(request, self)
         self.outlet = Outlet(transport, ctx.settings.limits.queue, self._overflowed, ctx.flusher)
         transport.registerProducer(self.outlet, True)
-        # the group writes our frames itself, and keeps our byte budget (Group.sweep)
+        # the group writes our frames itself, and reports them to spent() (Group.sweep)
         self.direct: Outlet | None = self.outlet
         ctx.registry.opened(self.name, self)
         heartbeat.add(self)
@@ -172,9 +172,7 @@ class Streamer(Protocol):
         self.counts[self.name] += count
         self.outlet.write_now(data)
         if self.max_bytes:
-            self.body_bytes += len(data)
-            if self.body_bytes >= self.max_bytes:
-                self.end()
+            self.spent(len(data))
 
     def deliver(self, message: Message) -> None:
         # Runs once per subscriber per message: the cached bytes, one write.
@@ -192,8 +190,14 @@ class Streamer(Protocol):
         compression), which is what it bounds.
         """
         self.counts[self.name] += 1
+        if self.max_bytes:
+            self.spent(size)
+
+    def spent(self, size: int) -> None:
+        """``size`` more body bytes written: end past the budget (``Group.sweep``
+        calls it too, for the live frames it writes itself)."""
         self.body_bytes += size
-        if self.max_bytes and self.body_bytes >= self.max_bytes:
+        if self.body_bytes >= self.max_bytes:
             self.end()
 
     def reset(self, channel: str, cursor: str | None) -> None:

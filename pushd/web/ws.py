@@ -156,8 +156,7 @@ class ChannelFeed:
     sweeping this feed as one of its members.
     """
 
-    max_bytes = 0  # no byte budget on a WebSocket
-    body_bytes = 0
+    max_bytes = 0  # no byte budget on a WebSocket: the group never calls spent()
 
     def __init__(self, conn: WsProtocol, channel: str) -> None:
         self.conn = conn
