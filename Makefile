@@ -31,8 +31,8 @@ clean:
 
 # -- benchmark (issue 6): pushd vs Nchan vs Node on loopback -----------------
 # Writes bench/results/<date>.md + .svg. BENCH_ARGS=--quick for a smoke run.
+# python -m bench installs what is missing (nginx + Nchan, Node + Express) when root.
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]" --config-settings editable_mode=compat
-	cd bench/node && npm ci --no-audit --no-fund
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -296,15 +296,21 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
 
 
 def ensure_deps(servers: list[str]) -> list[str]:
-    """Install what is missing (npm packages; apt packages when root); usable servers."""
+    """Install what is missing (apt packages when root, then npm packages); usable servers."""
     node_dir = ROOT / "bench" / "node"
+    packages = []
+    if "node" in servers and not (shutil.which("node") and shutil.which("npm")):
+        packages += ["nodejs", "npm"]
+    if "nchan" in servers and available("nchan"):
+        packages += ["nginx-light", "libnginx-mod-nchan"]
+    if packages and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("apt-get install " + " ".join(packages))
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=False, env=env)
     if "node" in servers and shutil.which("npm") and not (node_dir / "node_modules").exists():
         log("npm ci in bench/node")
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=node_dir, check=False)
-    if "nchan" in servers and available("nchan") and os.geteuid() == 0 and shutil.which("apt-get"):
-        log("apt-get install nginx-light libnginx-mod-nchan")
-        subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light",
-                        "libnginx-mod-nchan"], check=False)
     usable = []
     for name in servers:
         why = available(name)
