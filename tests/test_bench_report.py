@@ -1,11 +1,13 @@
-"""The benchmark report's handling of a row run several times (``bench.report``)."""
+"""The benchmark report: rows run several times, and the targets judged from a run."""
+
+# ruff: noqa: RUF001 - the report's multiplication sign
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from bench.report import median_runs, write_report
+from bench.report import median_runs, targets, write_report
 
 
 def run(server: str, p99: float, **kw: Any) -> dict[str, Any]:
@@ -56,3 +58,54 @@ def test_the_report_shows_the_median_row_and_each_run(tmp_path: Path) -> None:
     assert cells[6] == "22.5"  # p99 of the median run
     assert cells[9] == "22.5 / 19.5 / 24.0"
     assert "ran this 3 times" in text
+
+
+def row(scenario: str, server: str, **kw: Any) -> dict[str, Any]:
+    return {"scenario": scenario, "server": server, "transport": "sse", "ok": True, **kw}
+
+
+COUNTS = {"fanout_subs": 1000, "fanout_rate": 50, "fast_rate": 100, "scale_conns": 10000}
+
+
+def target_rows(results: list[dict[str, Any]]) -> dict[str, list[str]]:
+    out = {}
+    for line in targets(results, COUNTS)[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out[cells[0].split(",")[0].split(" (")[0]] = cells
+    return out
+
+
+def test_a_target_is_judged_by_its_bound_and_against_the_anchors_apart() -> None:
+    results = [
+        row("fanout-fast", "pushd", lat_p99_ms=24.5),
+        row("fanout-fast", "nchan", lat_p99_ms=9180.0),
+        row("fanout-fast", "node", lat_p99_ms=32100.0),
+        row("scale", "pushd", rss_per_conn_b=2867.0),
+        row("scale", "nchan", rss_per_conn_b=10240.0),
+    ]
+    rows = target_rows(results)
+    p99 = rows["p99 latency"]
+    assert p99[1] == "24.5 ms" and p99[5] == "0.003×"
+    # over the issue's 20 ms, yet far under both anchors: both are shown
+    assert p99[-1] == "20 ms: **no**; vs Nchan and Node: yes"
+    rss = rows["RSS per idle SSE connection"]
+    assert rss[1] == "2.8 KiB" and rss[3] == "n/a"  # Node did not run: left out
+    assert rss[-1] == "8 KiB: yes; vs Nchan: yes"
+    assert set(rows) == {"p99 latency", "RSS per idle SSE connection"}  # no CPU figure: no row
+
+
+def test_cpu_is_held_against_nchan_and_throughput_against_node_only() -> None:
+    results = [
+        row("fanout-rate", "pushd", us_per_delivery=16.0),
+        row("fanout-rate", "nchan", us_per_delivery=15.0),
+        row("fanout-rate", "node", us_per_delivery=23.0),
+        row("fanout-max", "pushd", deliveries_per_s=40000.0),
+        row("fanout-max", "nchan", deliveries_per_s=60000.0),
+        row("fanout-max", "node", deliveries_per_s=39000.0),
+        row("fanout-rate", "bare", error="load generator: timeout"),
+    ]
+    rows = target_rows(results)
+    cpu = rows["CPU per delivery"]
+    assert cpu[-1] == "vs Nchan: **no**"  # cheaper than Node does not count
+    assert cpu[4] == "n/a"  # bare failed
+    assert rows["deliveries/s at full speed"][-1] == "vs Node: yes"  # Nchan's lead does not count
