@@ -16,7 +16,7 @@ per transport instead of one per connection.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
@@ -143,8 +143,8 @@ class Group:
         self.base = 0  # index of frames[0]
         self.members: dict[Member, None] = {}
         self.queued = False  # in the flusher's line
-        self.sweeping: list[Member] | None = None
-        self.index = 0  # next member of ``sweeping``
+        # the members a sweep under way has still to visit (taken when it began)
+        self.sweeping: Iterator[Member] | None = None
         self.swept_to = 0  # the end when the sweep began
         self.subscription: Any = None  # the broker watch
         self._joined: tuple[int, int, bytes] = (0, 0, b"")
@@ -193,17 +193,13 @@ class Group:
         Deliveries are counted once per call, not per member.
         """
         if self.sweeping is None:
-            self.sweeping = list(self.members)
-            self.index = 0
+            self.sweeping = iter(list(self.members))
             self.swept_to = self.end
-        members = self.sweeping
         end = self.end
-        delivered = used = visited = 0
-        i = self.index
-        n = len(members)
+        delivered = used = 0
         last, data, size = -1, b"", 0  # most members are at the same position: join once
-        for member in members[i:] if i else members:
-            visited += 1
+        finished = True
+        for member in self.sweeping:
             pos = member.pos
             if pos >= end:  # had everything, or left (GONE)
                 continue
@@ -239,12 +235,11 @@ class Group:
                 if member.max_bytes:
                     member.spent(size)
             if used == budget:
+                finished = False
                 break
-        i += visited
         if delivered:
             self.counts[self.transport] += delivered
-        self.index = i
-        if i < n:
+        if not finished:  # the rest next turn (an empty rest ends the sweep then)
             return used
         # every member has had everything up to where the sweep began
         self.sweeping = None
