@@ -38,7 +38,8 @@ def _raise_nofile() -> None:
 def _http_ok(port: int, path: str) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            s.sendall(head.encode())
             return s.recv(64).startswith(b"HTTP/1.1 200")
     except OSError:
         return False

@@ -101,6 +101,9 @@ SECTIONS = {
 class Settings:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     allowed_origins: list[str] = field(default_factory=list)
+    # Host names a loopback client may use besides localhost and loopback
+    # addresses (DNS rebinding protection); any port.
+    allowed_hosts: list[str] = field(default_factory=list)
     history: History = field(default_factory=History)
     limits: Limits = field(default_factory=Limits)
     poll: Poll = field(default_factory=Poll)
@@ -159,7 +162,7 @@ def parse(data: dict[str, Any]) -> Settings:
     for key, value in data.items():
         if key in SECTIONS:
             setattr(settings, key, _section(key, SECTIONS[key], value))
-        elif key in ("listen", "allowed_origins"):
+        elif key in ("listen", "allowed_origins", "allowed_hosts"):
             setattr(settings, key, _coerce(key, value, list[str]))
         elif key == "source":
             if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):

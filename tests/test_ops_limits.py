@@ -59,7 +59,7 @@ async def test_one_past_the_per_address_limit_gets_503_and_the_others_keep_recei
     # Publishing from the same address is refused too (it is a new connection) ...
     status, _, _ = await refused(
         running.port,
-        b"POST /channels/l HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n\"hi\"",
+        b"POST /channels/l HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\n\"hi\"",
     )
     assert status == b"HTTP/1.1 503 Service Unavailable"
     # ... so publish in-process: the two within the limit receive it.
@@ -114,7 +114,7 @@ async def test_refused_publish_has_retry_after(start_daemon: Any) -> None:
     running = start_daemon(limits(max_channels=1, retry_after=9))
     await running.broker.publish("only", 1)
     client = await RawHTTP.open(
-        running.port, b"POST /channels/other HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1"
+        running.port, b"POST /channels/other HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\n1"
     )
     await bounded(client.until(lambda d: b"\r\n\r\n" in d and d.rstrip().endswith((b"}", b"0"))))
     status, headers, body = split_response(client.data)

@@ -20,7 +20,7 @@ from pushd.outlet import Heartbeat
 from pushd.web import longpoll, pages, poll, publish, sse, stream, ws
 from pushd.web.common import Context, error_response, json_response
 from pushd.web.fastlane import FastLane
-from pushd.web.origins import CorsResource, OriginPolicy
+from pushd.web.origins import CorsResource, HostPolicy, OriginPolicy
 from pushd.web.site import PushdSite
 
 
@@ -30,6 +30,7 @@ class PushdApp:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.origins = OriginPolicy(ctx.settings.allowed_origins)
+        self.hosts = HostPolicy(ctx.settings.allowed_hosts)
         self.sse_heartbeat = Heartbeat(ctx.clock, ctx.settings.sse.heartbeat)
         self.stream_heartbeat = Heartbeat(ctx.clock, ctx.settings.stream.heartbeat)
         self.ws_factory = ws.WsFactory(ctx, self.origins)
@@ -145,7 +146,7 @@ class PushdApp:
     # -- assembly --------------------------------------------------------
     def resource(self) -> Resource:
         # the hottest URLs skip Klein's router (see pushd.web.fastlane)
-        return CorsResource(FastLane(self, self.app.resource()), self.origins)
+        return CorsResource(FastLane(self, self.app.resource()), self.origins, self.hosts)
 
     def site(self) -> PushdSite:
         limits = self.ctx.settings.limits

@@ -1,4 +1,5 @@
-"""Who may use pushd from a browser page: one policy for CORS and WebSocket.
+"""Who may use pushd from a browser page: one policy for CORS and WebSocket,
+and one for the ``Host`` a loopback client may name (DNS rebinding).
 
 ``allowed_origins = []`` allows only same-origin pages; ``["*"]`` any page.
 Requests without ``Origin`` (curl, servers, native clients) are always served.
@@ -6,6 +7,7 @@ Requests without ``Origin`` (curl, servers, native clients) are always served.
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from twisted.web.resource import Resource
@@ -50,21 +52,87 @@ class OriginPolicy:
         return self.listed_origin(origin) or self.same_origin(origin, host)
 
 
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def _host_name(host: str) -> str:
+    """The name part of a ``Host`` header, lower-cased: no port, no brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [v6]:port
+        return host[1 : host.find("]")] if "]" in host else host[1:]
+    name, _, port = host.rpartition(":")
+    return name if name and port.isdigit() else host
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (an IP literal) is this machine: 127.0.0.0/8, ::1, or
+    127.x.y.z mapped into IPv6."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+class HostPolicy:
+    """DNS rebinding: which ``Host`` a loopback client may name.
+
+    A page on ``evil.example`` whose name is made to resolve to 127.0.0.1
+    reaches a loopback pushd as *same-origin*: the browser sends ``Origin``
+    and ``Host`` of ``evil.example`` and trusts the answer. Only the ``Host``
+    header tells such a request from a real local one, so a request from a
+    loopback peer, not through a proxy (which names the real client in its
+    own headers), must name a loopback host or one in ``allowed_hosts``.
+    Requests from other peers are not this attack and are not checked.
+    """
+
+    def __init__(self, allowed: list[str]) -> None:
+        self.allowed = {_host_name(h) for h in allowed}
+
+    def allows(self, peer: str, host: str | None, proxied: bool) -> bool:
+        if host is None or proxied or not is_loopback(peer):
+            return True
+        name = _host_name(host)
+        return name == "localhost" or is_loopback(name) or name in self.allowed
+
+
+def _peer_host(request: Request) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", ""))
+
+
 PREFLIGHT_HEADERS = b"Content-Type, Last-Event-ID, If-None-Match"
 METHODS = b"GET, POST, DELETE, OPTIONS"
 
 
 class CorsResource(Resource):
-    """Adds CORS headers for listed origins, answers preflights, then defers."""
+    """Refuses rebound ``Host`` names, adds CORS headers for listed origins,
+    answers preflights, then defers to ``inner``."""
 
     isLeaf = True
 
-    def __init__(self, inner: Resource, policy: OriginPolicy) -> None:
+    def __init__(
+        self, inner: Resource, policy: OriginPolicy, hosts: HostPolicy | None = None
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.policy = policy
+        self.hosts = hosts or HostPolicy([])
 
     def render(self, request: Request) -> bytes | int:
+        headers = request.requestHeaders
+        proxied = any(headers.hasHeader(name) for name in PROXY_HEADERS)
+        if not self.hosts.allows(_peer_host(request), header(request, "host"), proxied):
+            return error_response(
+                request,
+                PushdError(
+                    403,
+                    "forbidden",
+                    "this Host is not a loopback name; list it in allowed_hosts "
+                    "(DNS rebinding protection)",
+                ),
+            )
         origin = header(request, "origin")
         listed = origin is not None and self.policy.listed_origin(origin)
         if listed:
