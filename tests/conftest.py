@@ -9,8 +9,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from pushd.broker.memory import MemoryBroker
 from pushd.config import Settings
 from pushd.tap import Daemon
+from tests.later_broker import LaterBroker
 
 
 class Running:
@@ -26,8 +28,26 @@ class Running:
         self.registry = daemon.registry
 
 
+BROKERS = {"memory": MemoryBroker, "later": LaterBroker}
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    """Tests marked ``both_brokers`` run against a broker that answers at once
+    and one that answers every call on a later turn (as Redis will)."""
+    if "broker_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_brokers"
+    ):
+        metafunc.parametrize("broker_kind", list(BROKERS), indirect=True)
+
+
 @pytest.fixture
-def start_daemon() -> Any:
+def broker_kind(request: Any) -> str:
+    """Which broker class daemons of this test use (``memory`` unless parametrized)."""
+    return getattr(request, "param", "memory")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def start_daemon(broker_kind: str) -> Any:
     """Call with a function that edits Settings; returns a Running daemon.
 
     No sources run unless the edit adds some; the listener is tcp:0.
@@ -41,7 +61,7 @@ def start_daemon() -> Any:
         settings.drain.timeout = 1  # stopping drains: do not wait long on a stuck client
         if edit is not None:
             edit(settings)
-        daemon = Daemon(settings, reactor)
+        daemon = Daemon(settings, reactor, broker_class=BROKERS[broker_kind])
         daemon.startService()
         started.append(daemon)
         return Running(daemon)

@@ -16,6 +16,9 @@ from tests.clients import Collector, RawHTTP, dechunk, get_request, split_respon
 QUEUE = 64 * 1024
 
 
+pytestmark = pytest.mark.both_brokers
+
+
 def stuck_client(port: int, path: str) -> socket.socket:
     """A TCP client with a tiny receive window that sends a request and never reads."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -47,7 +50,7 @@ async def test_a_reader_that_never_reads_is_bounded_then_dropped(
     published = []
     # At most 40 MB: the stuck client must be dropped long before that.
     for i in range(4000):
-        message = running.broker.publish("c", payload).result
+        message = await running.broker.publish("c", payload)
         published.append(message.id)
         assert slow.outlet.queued <= QUEUE  # what waits for it stays bounded
         if running.registry.dropped[transport]:
@@ -58,7 +61,7 @@ async def test_a_reader_that_never_reads_is_bounded_then_dropped(
     assert slow.ended
     assert running.broker.subscribers("c") == 1  # only the healthy one remains
     for _ in range(5):
-        published.append(running.broker.publish("c", "after").result.id)
+        published.append((await running.broker.publish("c", "after")).id)
     await healthy.contains(published[-1].encode())
     got = [line for line in healthy.data.split(b"\n") if line.startswith((b"id: ", b'{"type"'))]
     assert len(got) == len(published)  # the healthy reader missed nothing
@@ -79,7 +82,7 @@ async def test_gzip_stream_flushes_every_message(running: Any) -> None:
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(b"".join(chunks))
 
     for i in range(5):
-        message = running.broker.publish("z", {"i": i}).result
+        message = await running.broker.publish("z", {"i": i})
         # Readable from the decompressor now, before any later message exists.
         needle = message.id.encode()
         await raw.until(lambda _, needle=needle: needle in text())

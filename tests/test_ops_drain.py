@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.testing import StringTransport
@@ -28,6 +29,9 @@ from tests.test_ops_support import (
 )
 
 DRAIN = 8.0
+
+
+pytestmark = pytest.mark.both_brokers
 
 
 async def subscribers(url: str, channel: str, n: int) -> None:

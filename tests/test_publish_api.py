@@ -12,6 +12,9 @@ import treq
 JSON = {"Content-Type": "application/json"}
 
 
+pytestmark = pytest.mark.both_brokers
+
+
 async def call(method: str, url: str, **kw: Any) -> tuple[int, Any, Any]:
     response = await treq.request(method, url, **kw)
     text = await response.text("utf-8")

@@ -48,7 +48,7 @@ def test_sse_heartbeat_comment_on_the_configured_interval() -> None:
         s.sse.heartbeat = 5
 
     stub, clock, _, _ = build(edit)
-    chunks = open_stream(stub, clock, "http://x/channels/c/events")
+    chunks = open_stream(stub, clock, "http://localhost/channels/c/events")
     assert b"".join(chunks) == b"retry: 3000\n\n"
     clock.advance(4.9)
     stub.flush()
@@ -66,7 +66,7 @@ def test_stream_heartbeat_is_a_bare_newline() -> None:
         s.stream.heartbeat = 2
 
     stub, clock, _, _ = build(edit)
-    chunks = open_stream(stub, clock, "http://x/channels/c/stream")
+    chunks = open_stream(stub, clock, "http://localhost/channels/c/stream")
     assert b"".join(chunks) == b""
     clock.advance(2)
     stub.flush()
@@ -76,7 +76,7 @@ def test_stream_heartbeat_is_a_bare_newline() -> None:
 def test_longpoll_timeout_answers_with_the_same_cursor() -> None:
     stub, clock, broker, registry = build()
     mid = check.successResultOf(broker.publish("c", "x")).id
-    d = stub.get(f"http://x/channels/c/longpoll?since={mid}&timeout=7")
+    d = stub.get(f"http://localhost/channels/c/longpoll?since={mid}&timeout=7")
     stub.flush()
     check.assertNoResult(d)
     assert registry.count("longpoll") == 1
@@ -95,7 +95,7 @@ def test_longpoll_timeout_answers_with_the_same_cursor() -> None:
 
 def test_longpoll_default_and_capped_timeout() -> None:
     stub, clock, _, _ = build()
-    d = stub.get("http://x/channels/c/longpoll?timeout=100000")
+    d = stub.get("http://localhost/channels/c/longpoll?timeout=100000")
     stub.flush()
     clock.advance(119)
     stub.flush()
@@ -104,7 +104,7 @@ def test_longpoll_default_and_capped_timeout() -> None:
     stub.flush()
     assert check.successResultOf(d).code == 200
 
-    d = stub.get("http://x/channels/c/longpoll")
+    d = stub.get("http://localhost/channels/c/longpoll")
     stub.flush()
     clock.advance(29)
     stub.flush()
@@ -116,7 +116,7 @@ def test_longpoll_default_and_capped_timeout() -> None:
 
 def test_a_message_answers_a_held_longpoll_before_the_timeout() -> None:
     stub, clock, broker, _ = build()
-    d = stub.get("http://x/channels/c/longpoll?timeout=10")
+    d = stub.get("http://localhost/channels/c/longpoll?timeout=10")
     stub.flush()
     message = check.successResultOf(broker.publish("c", {"v": 1}))
     stub.flush()

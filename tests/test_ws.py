@@ -36,6 +36,9 @@ from pushd.wire import payload_text
 TIMEOUT = 5.0
 
 
+pytestmark = pytest.mark.both_brokers
+
+
 def within(d: Deferred[Any], seconds: float = TIMEOUT) -> Deferred[Any]:
     return d.addTimeout(seconds, reactor)
 

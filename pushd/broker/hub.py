@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from twisted.internet.defer import Deferred, succeed
+
 from pushd.broker.interface import Subscriber
 from pushd.model import Message
 
@@ -23,7 +25,9 @@ from pushd.model import Message
 class LocalSubscription:
     """One subscriber on one channel: its position and its replay buffer."""
 
-    __slots__ = ("_hub", "_pending", "active", "channel", "counted", "last_seq", "subscriber")
+    __slots__ = (
+        "_hub", "_live", "_pending", "active", "channel", "counted", "last_seq", "subscriber",
+    )
 
     def __init__(
         self, hub: Hub, channel: str, subscriber: Subscriber, counted: bool = True
@@ -35,6 +39,7 @@ class LocalSubscription:
         self.counted = counted
         self._pending: list[Message] | None = []
         self._hub = hub
+        self._live: list[Deferred[None]] | None = None  # made only when someone waits
 
     def push(self, message: Message) -> None:
         """A live message from the hub: deliver it, or hold it during replay."""
@@ -73,6 +78,24 @@ class LocalSubscription:
                 self.last_seq = message.seq
                 self.subscriber.deliver(message)
         self._pending = None
+        self._went_live()
+
+    def when_live(self) -> Deferred[None]:
+        """Fires once the replay is over and live messages come straight
+        through (at once if they already do), or once the subscription ended
+        before that: the caller looks at its own state to tell which."""
+        if self._pending is None or not self.active:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        if self._live is None:
+            self._live = []
+        self._live.append(d)
+        return d
+
+    def _went_live(self) -> None:
+        waiting, self._live = self._live, None
+        for d in waiting or ():
+            d.callback(None)
 
     def hand_over(self, to: LocalSubscription) -> bool:
         """Let ``to`` (a :meth:`Hub.watch` of the same channel) deliver for us.
@@ -92,6 +115,7 @@ class LocalSubscription:
         if self.active:
             self.active = False
             self._hub._remove(self)
+            self._went_live()
 
     def __repr__(self) -> str:
         return f"<LocalSubscription {self.channel} at {self.last_seq}>"
@@ -158,6 +182,7 @@ class Hub:
             sub.active = False
         for sub in (*subs, *watches):
             sub.subscriber.closed(channel)
+            sub._went_live()
         return len(subs)
 
     def count(self, channel: str) -> int:

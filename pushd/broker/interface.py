@@ -40,6 +40,12 @@ class Subscription(Protocol):
     def cancel(self) -> None:
         """Stop delivering; safe to call more than once."""
 
+    def when_live(self) -> Deferred[None]:
+        """Fires once the replay (or ``reset``) is over and live messages come
+        straight through, or once the subscription ended before that. A
+        broker that answers later replays on a later turn; meanwhile live
+        messages are held, so nothing is lost or doubled at the seam."""
+
     def hand_over(self, to: Subscription) -> bool:
         """Let the watch ``to`` deliver for this subscription, if both are at
         the same message (False otherwise: nothing changes)."""
@@ -84,7 +90,10 @@ class Broker(Protocol):
     def subscribe(
         self, channel: str, subscriber: Subscriber, since: str | None = None
     ) -> Subscription:
-        """Replay after ``since`` (or ``reset``), then live; ``None`` is live only."""
+        """Replay after ``since`` (or ``reset``), then live; ``None`` is live only.
+
+        Returns the handle at once; the replay may come now or on a later
+        turn (``Subscription.when_live`` tells when it is over)."""
 
     def watch(self, channel: str, subscriber: Subscriber) -> Subscription:
         """Live messages only, not counted as a subscriber: for a fan-out group."""

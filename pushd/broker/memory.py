@@ -156,16 +156,30 @@ class MemoryBroker(Service):
         ch = self._channels.get(channel) or self._create(channel)
         self._expire(ch, self.clock.seconds())
         sub = self.hub.add(channel, subscriber)
+        self._replay(sub, since, ch.last_seq)
+        return sub
+
+    def _replay(self, sub: LocalSubscription, since: str | None, now: int) -> None:
+        """Start ``sub`` from ``since``: replay, or a ``reset``, then live.
+
+        ``now`` is the channel's position when ``sub`` joined the hub: where
+        a live-only subscription starts. Messages published since then wait
+        in ``sub`` and are delivered after the replay, without duplicates,
+        so a broker that replays on a later turn (tests do, as Redis will)
+        keeps the promise.
+        """
+        ch = self._channels.get(sub.channel)
+        if not sub.active or ch is None:  # ended, or deleted (and told closed)
+            return
         if since is None:
-            sub.start(after=ch.last_seq)
-            return sub
+            sub.start(after=now)
+            return
         after = self._position(ch, since)
         if after is None:
             self.stats.resets += 1
             sub.start(after=ch.last_seq, reset=True, reset_cursor=ch.last_id)
         else:
             sub.start([m for m in ch.history if m.seq > after], after=after)
-        return sub
 
     def watch(self, channel: str, subscriber: Subscriber) -> LocalSubscription:
         """Live messages of ``channel`` from now on, for a fan-out group.

@@ -103,8 +103,16 @@ class Context:
         self.clock = clock
         self.registry = registry
         self.flusher = Flusher(clock)  # one end-of-turn send per connection
+        # Asked before every subscription and publish (pushd.web.access):
+        # authorize(who, action, channel) raises a PushdError to refuse.
+        # ``who`` is the HTTP request or the WebSocket connection.
+        self.authorize: Callable[[object, str, str], None] = _anyone
         # (channel, wire format) -> the streams that share its frames
         self.groups: dict[tuple[str, str], Group] = {}
+
+
+def _anyone(who: object, action: str, channel: str) -> None:
+    """The authorization hook until keys are configured: everyone may."""
 
 
 def join_group(

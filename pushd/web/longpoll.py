@@ -15,7 +15,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
-from pushd.model import Message, check_channel
+from pushd.model import Message
+from pushd.web import access
 from pushd.web.common import Context, arg, json_response, number_arg
 from pushd.wire import poll_body
 
@@ -34,15 +35,21 @@ class Waiter:
         self.subscription: Any = None
         self.timer: Any = None
 
-    def hold(self, timeout: float) -> Deferred[bytes]:
+    def hold(self, timeout: float) -> Waiter:
+        """Count the request as held and start its timeout; then subscribe it."""
         self.ctx.registry.opened(self.name, self)
         self.timer = self.ctx.clock.callLater(timeout, self.end_politely)
-        sub = self.ctx.broker.subscribe(self.channel, self, self.cursor)
-        if self.answer.called:  # answered during the replay itself
-            sub.cancel()
-        else:
-            self.subscription = sub
-        return self.answer
+        return self
+
+    @property
+    def ended(self) -> bool:
+        return self.answer.called
+
+    def fan_out(self) -> None:
+        """A held request takes one answer: it never joins a fan-out group."""
+
+    def joined(self, group: Any) -> None:
+        """Never called (see :meth:`fan_out`)."""
 
     def deliver(self, message: Message) -> None:
         self.ctx.registry.deliveries[self.name] += 1
@@ -79,7 +86,6 @@ class Waiter:
 
 
 async def longpoll(ctx: Context, request: Request, channel: str) -> bytes:
-    check_channel(channel)
     since = arg(request, "since") or None
     settings = ctx.settings.longpoll
     timeout = number_arg(request, "timeout", settings.timeout, 0, settings.max_timeout)
@@ -87,7 +93,7 @@ async def longpoll(ctx: Context, request: Request, channel: str) -> bytes:
     request.setHeader(b"Cache-Control", b"no-cache")
     # Without a cursor a long-poll waits for the next message: ask only for
     # the current position, not for history.
-    page = await ctx.broker.read(channel, since, limit if since else 0)
+    page = await access.read(ctx, request, channel, since, limit if since else 0)
     if page.reset:
         ctx.registry.resets["longpoll"] += 1
         return json_response(request, poll_body([], page.cursor, reset=True))
@@ -96,4 +102,8 @@ async def longpoll(ctx: Context, request: Request, channel: str) -> bytes:
         return json_response(request, poll_body(page.messages, page.cursor))
     if ctx.registry.draining or timeout == 0:
         return json_response(request, poll_body([], page.cursor))
-    return await Waiter(ctx, request, channel, page.cursor).hold(timeout)
+    waiter = access.subscribe(
+        ctx, request, channel, page.cursor,
+        lambda: Waiter(ctx, request, channel, page.cursor).hold(timeout),
+    )
+    return await waiter.answer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.web.server import Request
 
-from pushd.model import check_channel
+from pushd.web import access
 from pushd.web.common import Context, arg, header, json_response, number_arg
 from pushd.wire import poll_body
 
@@ -27,11 +27,10 @@ def _matches(request: Request, tag: bytes) -> bool:
 
 
 async def poll(ctx: Context, request: Request, channel: str) -> bytes:
-    check_channel(channel)
     since = arg(request, "since") or None
     settings = ctx.settings.poll
     limit = int(number_arg(request, "limit", settings.limit, 1, settings.max_limit))
-    page = await ctx.broker.read(channel, since, limit)
+    page = await access.read(ctx, request, channel, since, limit)
     tag = etag(page.cursor)
     request.setHeader(b"ETag", tag)
     if page.reset:

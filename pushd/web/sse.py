@@ -13,10 +13,10 @@ import random
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pushd.model import check_channel
 from pushd.outlet import Heartbeat
+from pushd.web import access
 from pushd.web.common import Context, arg, header
-from pushd.web.streaming import Streamer
+from pushd.web.streaming import TAKEN_OVER, Streamer
 from pushd.wire import sse_closed, sse_reset, sse_retry
 
 
@@ -42,12 +42,17 @@ class SseStreamer(Streamer):
 def events(
     ctx: Context, request: Request, channel: str, heartbeat: Heartbeat
 ) -> Resource | bytes:
-    check_channel(channel)
     since = header(request, "last-event-id") or arg(request, "lastEventId") or arg(request, "since")
     fmt = "sse-env" if arg(request, "envelope") in ("1", "true") else "sse"
     if request.method == b"HEAD":
+        access.allow(ctx, request, "subscribe", channel)
         request.setHeader(b"Content-Type", SseStreamer.content_type)
         return b""
-    streamer = SseStreamer(ctx, request, channel, fmt, heartbeat)
-    streamer.write(sse_retry(ctx.settings.sse.retry))
-    return streamer.subscribe(since or None)
+
+    def open_stream() -> SseStreamer:
+        streamer = SseStreamer(ctx, request, channel, fmt, heartbeat)
+        streamer.write(sse_retry(ctx.settings.sse.retry))
+        return streamer
+
+    access.subscribe(ctx, request, channel, since, open_stream)
+    return TAKEN_OVER

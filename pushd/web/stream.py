@@ -13,10 +13,11 @@ import zlib
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pushd.model import Message, check_channel
+from pushd.model import Message
 from pushd.outlet import Heartbeat
+from pushd.web import access
 from pushd.web.common import Context, arg, header
-from pushd.web.streaming import Streamer
+from pushd.web.streaming import TAKEN_OVER, Streamer
 from pushd.wire import closed_object, dumps, encode, reset_object
 
 
@@ -72,11 +73,14 @@ def _wants_gzip(request: Request) -> bool:
 def stream(
     ctx: Context, request: Request, channel: str, heartbeat: Heartbeat
 ) -> Resource | bytes:
-    check_channel(channel)
-    since = arg(request, "since") or None
+    since = arg(request, "since")
     if request.method == b"HEAD":
+        access.allow(ctx, request, "subscribe", channel)
         request.setHeader(b"Content-Type", NdjsonStreamer.content_type)
         return b""
     cls = GzipStreamer if _wants_gzip(request) else NdjsonStreamer
-    streamer = cls(ctx, request, channel, "ndjson", heartbeat, ctx.settings.stream.max_bytes)
-    return streamer.subscribe(since)
+    access.subscribe(
+        ctx, request, channel, since,
+        lambda: cls(ctx, request, channel, "ndjson", heartbeat, ctx.settings.stream.max_bytes),
+    )
+    return TAKEN_OVER

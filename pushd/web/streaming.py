@@ -25,7 +25,8 @@ notices look.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -37,7 +38,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from pushd.model import Message
 from pushd.outlet import Group, Heartbeat, Outlet
-from pushd.web.common import Context, join_group
+from pushd.web.common import Context
 from pushd.wire import chunk, encode
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -88,6 +89,16 @@ def take_over(request: Request, protocol: Protocol) -> Any:
     # in-memory pump talks to it directly), pass that on.
     request.notifyFinish().addErrback(lambda f: protocol.connectionLost(f))
     return transport
+
+
+@cache
+def framer(fmt: str) -> Callable[[Message], bytes]:
+    """A message's cached bytes in ``fmt``: one function per format, shared."""
+
+    def frame(message: Message) -> bytes:
+        return message.encoded.get(fmt) or encode(message, fmt)
+
+    return frame
 
 
 class Streamer(Protocol):
@@ -213,24 +224,14 @@ class Streamer(Protocol):
         self.write(self.heartbeat_bytes())
 
     # -- ending ------------------------------------------------------------
-    def subscribe(self, since: str | None) -> Resource:
-        """Subscribe from ``since``; return what the route returns to Klein."""
-        sub = self.ctx.broker.subscribe(self.channel, self, since)
-        if self.ended:  # ended during the replay itself (budget, slow client)
-            sub.cancel()
-        else:
-            self.subscription = sub
-            if self.groupable:
-                self._join_group(sub)
-        return TAKEN_OVER
+    # -- the fan-out group (pushd.web.access joins it once the replay is over)
+    def fan_out(self) -> tuple[str, Callable[[Message], bytes]] | None:
+        if not self.groupable:
+            return None
+        return self.fmt, framer(self.fmt)
 
-    def _join_group(self, sub: Any) -> None:
-        """Take live messages through the channel's group for our format."""
-        fmt = self.fmt
-        self.group = join_group(
-            self.ctx, (self.channel, fmt), lambda m: m.encoded.get(fmt) or encode(m, fmt),
-            sub, self, self.name,
-        )
+    def joined(self, group: Group) -> None:
+        self.group = group
 
     def end_politely(self) -> None:
         """Drain: say goodbye in this transport's way, then end."""

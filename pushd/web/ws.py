@@ -18,6 +18,7 @@ message), and compressed per connection only for those that did.
 
 from __future__ import annotations
 
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -38,7 +39,8 @@ from twisted.python.failure import Failure
 from pushd.errors import PushdError, bad_request
 from pushd.model import Message, check_channel, check_event, loads_json
 from pushd.outlet import Group, Outlet
-from pushd.web.common import Context, join_group
+from pushd.web import access
+from pushd.web.common import Context
 from pushd.web.origins import OriginPolicy
 from pushd.wire import closed_object, dumps, encode, reset_object
 
@@ -157,6 +159,7 @@ class ChannelFeed:
     """
 
     max_bytes = 0  # no byte budget on a WebSocket: the group never calls spent()
+    name = TRANSPORT
 
     def __init__(self, conn: WsProtocol, channel: str) -> None:
         self.conn = conn
@@ -176,6 +179,15 @@ class ChannelFeed:
     def ended(self) -> bool:
         conn = self.conn
         return self._ended or conn.ended or conn.state != OPEN
+
+    def fan_out(self) -> tuple[str, Callable[[Message], bytes]] | None:
+        """Shared frames, unless the connection compresses every message itself."""
+        if self.conn.deflate:
+            return None
+        return FRAME, self.conn.factory.frame
+
+    def joined(self, group: Group) -> None:
+        self.group = group
 
     def deliver(self, message: Message) -> None:
         self.conn.send_message(message)
@@ -230,6 +242,8 @@ class WsProtocol(WebSocketServerProtocol):
         self._open_since: str | None = None
         self._through_outlet = False
         self.counts: dict[str, int] = {}  # the registry's, from onOpen on
+        self._holding: Deferred[None] | None = None  # a subscribe's replay under way
+        self._held: deque[tuple[bytes, bool]] = deque()  # frames that came meanwhile
 
     @property
     def ctx(self) -> Context:
@@ -261,6 +275,9 @@ class WsProtocol(WebSocketServerProtocol):
             self.act(Subscribe(self.url_channel, self._open_since))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._holding is not None:  # reading is paused; at most one read's frames
+            self._held.append((payload, isBinary))
+            return
         try:
             self.act(parse_command(payload, isBinary))
         except PushdError as e:
@@ -300,19 +317,26 @@ class WsProtocol(WebSocketServerProtocol):
             raise PushdError(
                 429, "too_many_subscriptions", f"at most {limit} channels per connection"
             )
+        feed = access.subscribe(self.ctx, self, channel, since, lambda: self._open(channel))
+        live = feed.subscription.when_live()  # type: ignore[union-attr]
+        if not live.called:
+            # Frames are answered in the order they came: hold the ones after
+            # this subscribe until its replay is over.
+            self._holding = live
+            self.transport.pauseProducing()
+            live.addCallback(self._go_on)
+
+    def _open(self, channel: str) -> ChannelFeed:
         feed = self.feeds[channel] = ChannelFeed(self, channel)
-        subscription = self.ctx.broker.subscribe(channel, feed, since)
-        if self.ended or self.feeds.get(channel) is not feed:
-            subscription.cancel()  # dropped during its own replay (slow client)
-            return
-        feed.subscription = subscription
-        if not self.deflate:  # compressed connections frame every message themselves
-            factory = self.factory
-            feed.group = join_group(
-                self.ctx, (channel, FRAME),
-                lambda m: m.encoded.get(FRAME) or frame_of(factory, m),
-                subscription, feed, TRANSPORT,
-            )
+        return feed
+
+    def _go_on(self, _: object) -> None:
+        """A subscribe's replay is over: answer the frames that waited for it."""
+        self._holding = None
+        while self._held and self._holding is None:
+            self.onMessage(*self._held.popleft())
+        if self._holding is None and not self.ended:
+            self.transport.resumeProducing()
 
     def unsubscribe(self, channel: str) -> None:
         feed = self.feeds.pop(channel, None)
@@ -492,6 +516,10 @@ class _Timers:
 
 class WsFactory(WebSocketServerFactory):
     """One per daemon: the settings every connection shares."""
+
+    def frame(self, message: Message) -> bytes:
+        """``message`` as a shared, unmasked text frame (cached on it)."""
+        return message.encoded.get(FRAME) or frame_of(self, message)
 
     protocol = WsProtocol
 

@@ -1,0 +1,99 @@
+"""The one way every transport reads a channel.
+
+Poll, long-poll, NDJSON stream, SSE and WebSocket subscriptions all pass
+here, in the same order: the channel name is checked, the authorization hook
+is asked (before a stream has sent a byte, so a refusal is still a plain
+JSON error), the reader is opened (a stream sends its status line and
+headers then), the broker subscribes it (replay or ``reset``, then live),
+and once live it joins its channel's fan-out group, if it has one.
+
+The broker may answer later (Redis will): ``subscribe`` returns the reader
+at once, and the hand-over to the group waits for the subscription's
+``when_live``. Live messages published meanwhile wait in the subscription,
+so nothing is lost or doubled at the seam.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred
+
+from pushd.broker.interface import Page, Subscriber, Subscription
+from pushd.model import Message, check_channel
+from pushd.web.common import Context, join_group
+
+
+class Reader(Subscriber, Protocol):
+    """A transport's end of one subscription."""
+
+    name: str  # the transport, for counters
+    subscription: Subscription | None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the reader has stopped wanting messages."""
+
+    def fan_out(self) -> tuple[str, Callable[[Message], bytes]] | None:
+        """The wire format (its ``Message.encoded`` key) whose frames a
+        fan-out group may write for this reader once it is live, and how to
+        frame a message in it; None to be delivered to one by one. The
+        function must not hold the reader: the group outlives its members."""
+
+    def joined(self, group: Any) -> None:
+        """The reader's live messages now come through ``group``."""
+
+
+R = TypeVar("R", bound=Reader)
+
+
+def allow(ctx: Context, who: object, action: str, channel: str) -> str:
+    """Check ``channel`` and ask the authorization hook; ``channel`` back.
+
+    ``who`` is what the hook judges: the HTTP request, or the WebSocket
+    connection. Raises :class:`~pushd.errors.PushdError` when refused.
+    """
+    check_channel(channel)
+    ctx.authorize(who, action, channel)
+    return channel
+
+
+def read(
+    ctx: Context, who: object, channel: str, since: str | None, limit: int
+) -> Deferred[Page]:
+    """A poll: up to ``limit`` messages after ``since`` (see ``Broker.read``)."""
+    allow(ctx, who, "subscribe", channel)
+    return ctx.broker.read(channel, since or None, limit)
+
+
+def subscribe(
+    ctx: Context, who: object, channel: str, since: str | None, open_reader: Callable[[], R]
+) -> R:
+    """Subscribe the reader ``open_reader()`` makes to ``channel`` from ``since``.
+
+    Raises a PushdError before ``open_reader`` is called if the channel is
+    bad or the hook refuses. Returns the reader at once; its replay may come
+    now or later, and once it is over the reader joins its fan-out group.
+    """
+    allow(ctx, who, "subscribe", channel)
+    reader = open_reader()
+    sub = ctx.broker.subscribe(channel, reader, since or None)
+    reader.subscription = sub
+    sub.when_live().addCallback(lambda _: _live(ctx, reader, sub))
+    return reader
+
+
+def _live(ctx: Context, reader: Reader, sub: Subscription) -> None:
+    """The replay is over: hand live delivery to the channel's group."""
+    if reader.ended:  # ended during its replay (a byte budget, a slow client)
+        sub.cancel()
+        return
+    if reader.subscription is not sub:  # closed meanwhile
+        return
+    fan_out = reader.fan_out()
+    if fan_out is None:
+        return
+    fmt, frame = fan_out
+    group = join_group(ctx, (sub.channel, fmt), frame, sub, reader, reader.name)
+    if group is not None:
+        reader.joined(group)

@@ -1,0 +1,89 @@
+"""The one subscription path (pushd.web.access): the authorization hook runs
+before any byte of a stream, and a broker that answers later still hands live
+delivery to the fan-out groups, with nothing lost or doubled at the seam."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+
+from pushd.broker.memory import MemoryBroker
+from pushd.errors import PushdError
+from tests.clients import RawHTTP, dechunk, get_request, split_response
+from tests.clients import subscribed as until_subscribed
+from tests.helpers import parse_sse
+from tests.test_ws import connect  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.both_brokers
+
+
+def refuse_secret(who: object, action: str, channel: str) -> None:
+    if channel.startswith("secret"):
+        raise PushdError(403, "forbidden", f"not allowed to {action} {channel}")
+
+
+@pytest.mark.parametrize(
+    "path", ["events", "stream", "poll", "longpoll?timeout=5", "events?envelope=1"]
+)
+@pytest_twisted.ensureDeferred
+async def test_a_refused_subscription_is_a_json_error_before_any_stream_byte(
+    running: Any, path: str
+) -> None:
+    running.daemon.context.authorize = refuse_secret
+    raw = await RawHTTP.open(
+        running.port, get_request(f"/channels/secret/{path}", "Connection: close")
+    )
+    await raw.until(lambda _: raw.ended)
+    status, headers, body = split_response(raw.data)
+    assert status == b"HTTP/1.1 403 Forbidden"
+    assert headers["content-type"] == "application/json"
+    if headers.get("transfer-encoding") == "chunked":
+        body = b"".join(dechunk(body)[0])
+    assert json.loads(body)["error"] == "forbidden"
+    assert running.broker.subscribers("secret") == 0
+    assert not any(running.registry.connections.values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_websocket_subscribe_gets_an_error_frame(
+    running: Any, connect: Any  # noqa: F811
+) -> None:
+    running.daemon.context.authorize = refuse_secret
+    client = await connect(running)
+    client.send({"type": "subscribe", "channel": "secret"})
+    frame = await client.next()
+    assert frame["type"] == "error" and frame["code"] == "forbidden"
+    client.send({"type": "subscribe", "channel": "open"})
+    assert await client.barrier() == []
+    assert running.broker.subscribers("secret") == 0
+    assert running.broker.subscribers("open") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_streams_join_their_group_once_live_and_lose_nothing_at_the_seam(
+    running: Any,
+) -> None:
+    """Publishes land while the replay may still be pending (the later broker
+    replays on the next turn): each arrives once, in order, and the stream
+    ends up in its channel's group."""
+    first = await (await treq.post(running.url + "/channels/g", data=b"0")).json()
+    joined = until_subscribed(running.broker, "g")
+    raw = await RawHTTP.open(
+        running.port, get_request(f"/channels/g/events?since={first['id']}")
+    )
+    await joined  # resumes inside broker.subscribe: the replay is not done yet
+    for i in range(1, 6):  # straight into the hub, in this very turn
+        MemoryBroker.publish(running.broker, "g", str(i))
+    await raw.contains(b"data: 5\n")
+    group = running.daemon.context.groups[("g", "sse+chunk")]
+    (streamer,) = running.registry.connections["sse"]
+    assert streamer in group.members
+    await (await treq.post(running.url + "/channels/g", data=b"6")).content()
+    await raw.contains(b"data: 6\n")
+    events = parse_sse(b"".join(dechunk(split_response(raw.data)[2])[0]).decode())
+    assert [e["data"] for e in events if "retry" not in e] == [str(i) for i in range(1, 7)]
+    raw.close()
