@@ -1,9 +1,9 @@
-"""The fast lane (pushd.web.fastlane) answers as Klein would, over a real port.
+"""The one route table (pushd.web.routes): hot routes dispatched straight
+from it answer exactly as through Klein's router, over a real port.
 
 A percent-escape in the path sends the same request through Klein, so each
-request is made both ways and the answers compared. The publish answer's
-framing shows which way a request went: ``Content-Length`` from the lane,
-chunked from Klein.
+request is made both ways and the answers compared; a counter on the Klein
+resource shows which way a request went.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from twisted.internet.defer import Deferred
 
 from pushd.errors import LimitError
 from pushd.model import Message
+from pushd.web.routes import ROUTES, Router
 from tests.clients import RawHTTP, dechunk, split_response
+
+pytestmark = pytest.mark.both_brokers
 
 
 def request(method: str, path: str, body: bytes = b"", *headers: str) -> bytes:
@@ -48,15 +51,33 @@ async def answer(port: int, raw: bytes) -> tuple[bytes, dict[str, str], Any]:
     return status, headers, json.loads(body) if body else None
 
 
+def through_klein(running: Any) -> list[bytes]:
+    """The paths that reach Klein's router from now on."""
+    dispatch = running.daemon.site.resource.inner
+    seen: list[bytes] = []
+    klein_render = dispatch.inner.render
+
+    def render(request: Any) -> Any:
+        seen.append(request.path)
+        return klein_render(request)
+
+    dispatch.inner.render = render
+    return seen
+
+
 @pytest_twisted.ensureDeferred
-async def test_a_publish_takes_the_lane_and_answers_as_klein_does(running: Any) -> None:
+async def test_a_publish_takes_the_table_and_answers_as_klein_does(running: Any) -> None:
+    klein_saw = through_klein(running)
     lane = await answer(running.port, request("POST", "/channels/news", b"hi"))
     klein = await answer(running.port, request("POST", "/channels/%6Eews", b"hi"))
+    assert klein_saw == [b"/channels/%6Eews"]  # the other way, really
     assert lane[0] == klein[0] == b"HTTP/1.1 201 Created"
-    assert lane[1]["content-length"] == str(len(json.dumps(lane[2], separators=(",", ":"))))
-    assert klein[1]["transfer-encoding"] == "chunked"  # the other way, really
-    for _, headers, _ in (lane, klein):
+    for _, headers, body in (lane, klein):
         assert headers["content-type"] == "application/json"
+        assert headers["content-length"] == str(len(json.dumps(body, separators=(",", ":"))))
+    assert {k: v for k, v in lane[1].items() if k != "date"} == {
+        k: v for k, v in klein[1].items() if k != "date"
+    }
     assert lane[2]["channel"] == klein[2]["channel"] == "news"
     assert lane[2]["id"] < klein[2]["id"]
     page = await running.broker.read("news", None, 10)
@@ -85,14 +106,14 @@ async def test_bad_input_gets_the_same_json_error_both_ways(
     klein = await answer(running.port, request(method, klein_path, body, *headers))
     assert lane[0] == klein[0]
     assert lane[0].split()[1] in (b"400", b"413")
-    assert "content-length" in lane[1] and klein[1]["transfer-encoding"] == "chunked"
+    assert lane[1]["content-length"] == klein[1]["content-length"]
     assert lane[2] == klein[2] and {"error", "message"} <= set(lane[2])
     assert running.broker.channel_count() == 0  # nothing was published
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_broker_that_answers_later_gets_its_answer_written_then(running: Any) -> None:
-    """A broker may answer a publish later (over the network): the lane waits."""
+    """A broker may answer a publish later (over the network): the answer waits."""
     pending: list[Deferred[Message]] = []
 
     def publish(channel: str, data: Any, event: str = "message") -> Deferred[Message]:
@@ -132,3 +153,42 @@ async def test_a_broker_that_answers_later_gets_its_answer_written_then(running:
     assert ok[0] == b"HTTP/1.1 201 Created"
     conn.close()
     conn2.close()
+
+
+def test_the_router_matches_hot_routes_only_and_only_plain_paths() -> None:
+    router = Router(ROUTES)
+    found = router.match(b"POST", b"/channels/news")
+    assert found is not None and found[0].handler == "publish_one" and found[1] == {
+        "channel": "news"
+    }
+    assert router.match(b"GET", b"/channels/a.b/events")[1] == {"channel": "a.b"}  # type: ignore[index]
+    assert router.match(b"GET", b"/channels/c/stream")[0].handler == "stream"  # type: ignore[index]
+    assert router.match(b"POST", b"/channels/c/stream")[0].handler == "stream"  # type: ignore[index]
+    for method, path in [
+        (b"GET", b"/channels/news"),  # info: not hot
+        (b"DELETE", b"/channels/news"),
+        (b"GET", b"/channels/%6Eews/events"),  # Klein decodes escapes
+        (b"GET", b"/channels/news/events/"),  # trailing slash
+        (b"GET", b"/channels//events"),
+        (b"GET", b"/channels/n\xc3\xa9/events"),
+        (b"PUT", b"/channels/news"),
+        (b"GET", b"/healthz"),
+    ]:
+        assert router.match(method, path) is None, (method, path)
+
+
+def test_klein_serves_every_route_of_the_table() -> None:
+    """The Klein app is built from the table: the same URLs, nothing else."""
+    from twisted.internet.task import Clock
+
+    from pushd.broker.memory import MemoryBroker
+    from pushd.config import Settings
+    from pushd.outlet import Registry
+    from pushd.web.app import PushdApp
+    from pushd.web.common import Context
+
+    clock = Clock()
+    app = PushdApp(Context(MemoryBroker(clock), Settings(), clock, Registry()))
+    rules = {(rule.rule, frozenset(rule.methods or ()) - {"HEAD", "OPTIONS"})
+             for rule in app.app.url_map.iter_rules()}
+    assert rules == {(route.path, frozenset(route.methods)) for route in ROUTES}
