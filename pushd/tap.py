@@ -21,6 +21,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.resource import Resource
 
 from pushd import config, sources
 from pushd.broker.memory import MemoryBroker
@@ -150,13 +151,17 @@ class Daemon(MultiService):
     """
 
     def __init__(
-        self, settings: Settings, reactor: Any, environ: Mapping[str, str] | None = None
+        self,
+        settings: Settings,
+        reactor: Any,
+        environ: Mapping[str, str] | None = None,
+        broker_class: type[MemoryBroker] = MemoryBroker,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
         limits = settings.limits
-        self.broker = MemoryBroker(
+        self.broker = broker_class(
             reactor,
             settings.history.size,
             settings.history.ttl,
@@ -195,6 +200,10 @@ class Daemon(MultiService):
             self.web.extra_routes["metrics"] = metrics
         self._drain_done: Deferred[None] | None = None
         self._stopping: Deferred[None] | None = None
+
+    def resource(self) -> Resource:
+        """Every URL of pushd as one twisted.web resource (see :func:`embed`)."""
+        return self.site.resource
 
     def ready(self) -> Deferred[Any]:
         """Fires once every listener is up."""
@@ -336,6 +345,25 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def embed(settings: Settings | None = None, reactor: Any = None) -> Daemon:
+    """pushd inside a Twisted program of your own: its routes, no listener.
+
+    Mount ``daemon.resource()`` under a prefix of your site (a Klein route
+    with ``branch=True``, or ``putChild`` on a twisted.web resource), start
+    the daemon as a service of your application (or call ``startService``),
+    and publish from your own code through ``daemon.broker``. One reactor,
+    one broker; ``settings.listen`` is ignored (your site listens), and the
+    daemon installs no signal handlers and leaves the garbage collector alone.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    settings = settings if settings is not None else Settings()
+    settings.listen = []
+    return Daemon(settings, reactor)
 
 
 def makeService(options: Options, reactor: Any = None) -> Daemon:
