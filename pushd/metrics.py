@@ -1,7 +1,7 @@
 """``/metrics``: Prometheus text read from the daemon's own counters.
 
 Nothing here runs per message. The transports, broker, sources and site
-already keep plain integers (:class:`pushd.outlet.Registry`,
+already keep plain integers (:class:`pushd.registry.Registry`,
 ``broker.stats``, each source's ``published``/``errors``/``restarts``, the
 site's status counts); :class:`PushdCollector` turns them into metric
 families only when Prometheus scrapes. The registry is the daemon's own
@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pushd.outlet import TRANSPORTS
+from pushd.registry import TRANSPORTS
 
 if TYPE_CHECKING:
     from pushd.tap import Daemon

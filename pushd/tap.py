@@ -23,11 +23,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
 
-from pushd import config, sources
+from pushd import compat, config, sources
 from pushd.broker.memory import MemoryBroker
 from pushd.config import ConfigError, Settings
 from pushd.metrics import metrics_resource, ops_root
-from pushd.outlet import Registry
+from pushd.registry import Registry
 from pushd.systemd import Notifier
 from pushd.web.app import PushdApp
 from pushd.web.common import Context
@@ -169,6 +169,8 @@ class Daemon(MultiService):
             retry_after=limits.retry_after,
         )
         self.broker.setServiceParent(self)
+        for problem in compat.self_check():
+            log.warn("compatibility: {problem}", problem=problem)
         # Not a child service: it must ping through the whole drain and stop
         # last, so the daemon starts and stops it itself.
         self.notifier = Notifier(reactor, environ or {})

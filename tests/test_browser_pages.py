@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from pushd.broker.memory import MemoryBroker
 from pushd.model import Message
-from pushd.outlet import Registry
+from pushd.registry import Registry
 from pushd.sources.status import CHANNEL, StatusSource
 
 

@@ -17,7 +17,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushd.broker.memory import MemoryBroker
-from pushd.outlet import Flusher, Group, Outlet
+from pushd.fanout import Flusher, Group
+from pushd.outlet import Outlet
 from tests.clients import RawHTTP, get_request
 from tests.clients import subscribed as until_subscribed
 from tests.helpers import Recorder

@@ -183,7 +183,7 @@ def test_klein_serves_every_route_of_the_table() -> None:
 
     from pushd.broker.memory import MemoryBroker
     from pushd.config import Settings
-    from pushd.outlet import Registry
+    from pushd.registry import Registry
     from pushd.web.app import PushdApp
     from pushd.web.common import Context
 

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pushd.broker.memory import MemoryBroker
 from pushd.config import Settings
-from pushd.outlet import Registry
+from pushd.registry import Registry
 from pushd.web.app import PushdApp
 from pushd.web.common import Context
 

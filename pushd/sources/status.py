@@ -2,7 +2,7 @@
 
 The status page (``GET /status``) subscribes to this channel with pushd.js,
 so it is refreshed over pushd itself, on whatever transport the browser
-gets. Counters are the :class:`~pushd.outlet.Registry`'s and the broker's;
+gets. Counters are the :class:`~pushd.registry.Registry`'s and the broker's;
 rates are per second over the last interval. The source's own messages are
 left out of the published count and rate, and nothing is published while
 no one is subscribed (so a plain poll of the channel sees nothing new).
@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from pushd.broker.interface import Broker
-from pushd.outlet import TRANSPORTS, Registry
+from pushd.registry import TRANSPORTS, Registry
 from pushd.sources.base import Periodic
 
 CHANNEL = "pushd.status"

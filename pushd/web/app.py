@@ -18,7 +18,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pushd.errors import PushdError
-from pushd.outlet import Heartbeat
+from pushd.heartbeat import Heartbeat
 from pushd.web import longpoll, pages, poll, publish, sse, stream, ws
 from pushd.web.common import Context, error_response, json_response
 from pushd.web.origins import CorsResource, HostPolicy, OriginPolicy

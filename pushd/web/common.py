@@ -15,8 +15,9 @@ from twisted.web.server import Request
 from pushd.broker.interface import Broker
 from pushd.config import Settings
 from pushd.errors import PushdError, bad_request
+from pushd.fanout import Flusher, Group, Member
 from pushd.model import Message
-from pushd.outlet import Flusher, Group, Member, Registry
+from pushd.registry import Registry
 from pushd.wire import dumps
 
 JSON = b"application/json"

@@ -44,7 +44,7 @@ class Connection(ProtocolWrapper):
 
     It sits between the socket and the HTTP channel as the socket's
     *protocol* only: on plain TCP the channel (and the outlets, which send
-    straight on the socket, see :mod:`pushd.fastwrite`) still gets the real
+    straight on the socket, see :mod:`pushd.compat`) still gets the real
     TCP transport, so the wrapper is not on the write path at all. Under TLS
     the transport below is itself a wrapper, and this one wraps the classic
     way, as Autobahn expects when it takes a TLS connection over.

@@ -13,7 +13,7 @@ import random
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pushd.outlet import Heartbeat
+from pushd.heartbeat import Heartbeat
 from pushd.web import access
 from pushd.web.common import Context, arg, header
 from pushd.web.streaming import TAKEN_OVER, Streamer

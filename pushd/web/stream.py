@@ -13,8 +13,8 @@ import zlib
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from pushd.heartbeat import Heartbeat
 from pushd.model import Message
-from pushd.outlet import Heartbeat
 from pushd.web import access
 from pushd.web.common import Context, arg, header
 from pushd.web.streaming import TAKEN_OVER, Streamer

@@ -12,7 +12,7 @@ no Request, headers or Deferred chains held for hours.
 Each message's cached, pre-framed bytes (chunked when the client speaks
 HTTP/1.1) go through the outlet (bounded queue, push producer). Replay
 comes one message at a time; live messages come through the channel's
-:class:`~pushd.outlet.Group` for this wire format, which the stream joins
+:class:`~pushd.fanout.Group` for this wire format, which the stream joins
 once its replay is done (its subscription hands delivery over to the
 group's broker watch), so a publish costs one append, not one call chain
 per subscriber. A streamer
@@ -36,8 +36,10 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from pushd.fanout import Group
+from pushd.heartbeat import Heartbeat
 from pushd.model import Message
-from pushd.outlet import Group, Heartbeat, Outlet
+from pushd.outlet import Outlet
 from pushd.web.common import Context
 from pushd.wire import chunk, encode
 

@@ -36,9 +36,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pushd import compat
 from pushd.errors import PushdError, bad_request
+from pushd.fanout import Group
 from pushd.model import Message, check_channel, check_event, loads_json
-from pushd.outlet import Group, Outlet
+from pushd.outlet import Outlet
 from pushd.web import access
 from pushd.web.common import Context
 from pushd.web.origins import OriginPolicy
@@ -153,7 +155,7 @@ class ChannelFeed:
     """One connection's subscription to one channel.
 
     Replay comes through :meth:`deliver`; live messages through the
-    channel's :class:`~pushd.outlet.Group` of shared frames once the
+    channel's :class:`~pushd.fanout.Group` of shared frames once the
     connection joined it (connections without compression), the group
     sweeping this feed as one of its members.
     """
@@ -260,7 +262,7 @@ class WsProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
-        self.deflate = self._perMessageCompress is not None
+        self.deflate = compat.compresses(self)
         transport = self.transport
         # The HTTP channel that parsed the handshake is still the transport's
         # producer; the outlet takes its place so a slow reader pauses us.
@@ -525,7 +527,7 @@ class WsFactory(WebSocketServerFactory):
 
     def __init__(self, ctx: Context, origins: OriginPolicy) -> None:
         super().__init__(reactor=ctx.clock)
-        self._batched_timer = _Timers(ctx.clock)
+        compat.use_timers(self, _Timers(ctx.clock))
         self.ctx = ctx
         self.origins = origins
         ws, limits = ctx.settings.websocket, ctx.settings.limits

@@ -1,4 +1,4 @@
-"""pushd.fastwrite and the Outlet's use of it, over real loopback connections.
+"""pushd.compat's direct send and the Outlet's use of it, over real loopback connections.
 
 Each test asserts what the reactor is asked to do (is the transport
 registered for writing?) and what the peer receives, never how long
@@ -17,8 +17,9 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 
-from pushd import fastwrite
-from pushd.outlet import Flusher, Group, Outlet
+from pushd import compat
+from pushd.fanout import Flusher, Group
+from pushd.outlet import Outlet
 
 
 class Sink(Protocol):
@@ -81,10 +82,10 @@ async def close(transport: Any, sink: Sink, port: Any) -> None:
 async def test_idle_connection_sends_at_once_without_epoll_registration() -> None:
     transport, sink, port = await pair()
     try:
-        sock = fastwrite.socket_of(transport)
+        sock = compat.socket_of(transport)
         assert sock is transport.socket
         assert transport not in reactor.getWriters()
-        sent = fastwrite.write(transport, sock, b"data: hello\n\n")
+        sent = compat.send(transport, sock, b"data: hello\n\n")
         assert sent == len(b"data: hello\n\n")
         # nothing buffered, and the reactor was never asked to watch for writing
         assert transport not in reactor.getWriters()
@@ -101,13 +102,13 @@ async def test_partial_send_buffers_the_rest_in_order() -> None:
         transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sink.transport.pauseProducing()  # the client stops reading
         big = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than the kernel takes
-        sock = fastwrite.socket_of(transport)
-        sent = fastwrite.write(transport, sock, big)
+        sock = compat.socket_of(transport)
+        sent = compat.send(transport, sock, big)
         assert 0 < sent < len(big)
         assert transport._tempDataLen == len(big) - sent
         assert transport in reactor.getWriters()
         # the buffer is not empty now, so this goes behind it, not around it
-        assert fastwrite.write(transport, sock, b"tail") == 0
+        assert compat.send(transport, sock, b"tail") == 0
         assert transport._tempDataLen == len(big) - sent + 4
         sink.transport.resumeProducing()
         got = await sink.expect(len(big) + 4)
@@ -123,8 +124,8 @@ async def test_failed_send_falls_back_to_transport_write() -> None:
     transport, sink, port = await pair()
     try:
         transport.socket.shutdown(socket.SHUT_WR)  # send() now fails with EPIPE
-        sock = fastwrite.socket_of(transport)
-        assert fastwrite.write(transport, sock, b"late") == 0
+        sock = compat.socket_of(transport)
+        assert compat.send(transport, sock, b"late") == 0
         assert transport._tempDataLen == 4  # Twisted finds the error on its own write
     finally:
         await close(transport, sink, port)
@@ -133,14 +134,14 @@ async def test_failed_send_falls_back_to_transport_write() -> None:
 @pytest_twisted.ensureDeferred
 async def test_write_after_the_connection_is_gone_is_dropped_quietly() -> None:
     transport, sink, port = await pair()
-    sock = fastwrite.socket_of(transport)
+    sock = compat.socket_of(transport)
     lost: Deferred[None] = Deferred()
     transport.protocol.connectionLost = lambda reason: lost.callback(None)
     sink.transport.abortConnection()  # the peer goes away
     await lost
     assert not transport.connected and not transport.disconnecting
     # the socket is closed now: send() fails and the transport drops the bytes
-    assert fastwrite.write(transport, sock, b"late") == 0
+    assert compat.send(transport, sock, b"late") == 0
     assert not transport._tempDataLen and not transport.dataBuffer
     await port.stopListening()
 
@@ -152,9 +153,9 @@ async def test_tls_transport_goes_through_transport_write() -> None:
         transport.TLS = True  # what startTLS sets: bytes must go through TLS
         written: list[bytes] = []
         transport.write = written.append  # stands in for the TLS layer
-        assert fastwrite.socket_of(transport) is None
+        assert compat.socket_of(transport) is None
         # even given the socket, a TLS connection is never written around
-        assert fastwrite.write(transport, transport.socket, b"x") == 0
+        assert compat.send(transport, transport.socket, b"x") == 0
         assert written == [b"x"]
     finally:
         transport.TLS = False
@@ -164,8 +165,8 @@ async def test_tls_transport_goes_through_transport_write() -> None:
 
 def test_non_tcp_transport_uses_transport_write() -> None:
     t = StringTransport()
-    assert fastwrite.socket_of(t) is None
-    assert fastwrite.write(t, None, b"abc") == 0
+    assert compat.socket_of(t) is None
+    assert compat.send(t, None, b"abc") == 0
     assert t.value() == b"abc"
 
 
@@ -222,7 +223,7 @@ class CountingTransport(StringTransport):
 def test_writes_in_one_turn_leave_in_one_write_at_its_end() -> None:
     from twisted.internet.task import Clock
 
-    from pushd.outlet import Flusher
+    from pushd.fanout import Flusher
 
     clock = Clock()
     flusher = Flusher(clock)
@@ -247,7 +248,7 @@ def test_a_fan_out_is_sent_a_slice_per_turn_and_late_messages_join_it() -> None:
     """
     from twisted.internet.task import Clock
 
-    from pushd.outlet import Flusher
+    from pushd.fanout import Flusher
 
     def turn() -> None:
         """One reactor turn: what is due now runs; what it schedules waits for the next."""
@@ -281,7 +282,7 @@ def test_a_fan_out_is_sent_a_slice_per_turn_and_late_messages_join_it() -> None:
 def test_a_paused_outlet_keeps_its_bytes_past_the_turn_and_is_bounded() -> None:
     from twisted.internet.task import Clock
 
-    from pushd.outlet import Flusher
+    from pushd.fanout import Flusher
 
     clock = Clock()
     transport = CountingTransport()
@@ -304,7 +305,7 @@ def test_a_paused_outlet_keeps_its_bytes_past_the_turn_and_is_bounded() -> None:
 def test_flush_sends_what_the_turn_holds_before_a_clean_end() -> None:
     from twisted.internet.task import Clock
 
-    from pushd.outlet import Flusher
+    from pushd.fanout import Flusher
 
     clock = Clock()
     transport = CountingTransport()
@@ -331,7 +332,7 @@ class Plain:
 
 @pytest_twisted.ensureDeferred
 async def test_a_group_sweep_sends_on_an_idle_socket_and_keeps_order_after_a_partial_send() -> None:
-    """Group.sweep repeats fastwrite's idle check inline: same outcome on the wire."""
+    """Group.sweep repeats compat.send's idle check inline: same outcome on the wire."""
     transport, sink, port = await pair()
     try:
         clock = Clock()
@@ -363,3 +364,33 @@ async def test_a_group_sweep_sends_on_an_idle_socket_and_keeps_order_after_a_par
         assert outlet.sent == 8 + len(big)
     finally:
         await close(transport, sink, port)
+
+
+def test_self_check_finds_every_private_attribute_on_this_install() -> None:
+    assert compat.self_check() == []
+    assert compat.DIRECT_SEND
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_direct_send_every_byte_goes_through_twisted(
+    start_daemon: Any, monkeypatch: Any
+) -> None:
+    """What a daemon does when self_check found a private attribute gone:
+    no outlet gets a socket, and streams still get every message, in order."""
+    from tests.clients import RawHTTP, dechunk, get_request, split_response
+    from tests.clients import subscribed as until_subscribed
+
+    monkeypatch.setattr(compat, "DIRECT_SEND", False)
+    running = start_daemon()
+    raw = await RawHTTP.open(running.port, get_request("/channels/f/events"))
+    await until_subscribed(running.broker, "f")
+    (streamer,) = running.registry.connections["sse"]
+    assert streamer.outlet.sock is None
+    for i in range(20):
+        await running.broker.publish("f", str(i))
+    await raw.contains(b"data: 19\n")
+    body = b"".join(dechunk(split_response(raw.data)[2])[0])
+    assert [line for line in body.split(b"\n") if line.startswith(b"data:")] == [
+        b"data: %d" % i for i in range(20)
+    ]
+    raw.close()
