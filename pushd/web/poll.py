@@ -11,7 +11,7 @@ from twisted.web.server import Request
 
 from pushd.model import check_channel
 from pushd.web.common import Context, arg, header, json_response, number_arg
-from pushd.wire import poll_body
+from pushd.wire import poll_body, poll_page
 
 
 def etag(cursor: str | None) -> bytes:
@@ -32,7 +32,8 @@ async def poll(ctx: Context, request: Request, channel: str) -> bytes:
     settings = ctx.settings.poll
     limit = int(number_arg(request, "limit", settings.limit, 1, settings.max_limit))
     page = await ctx.broker.read(channel, since, limit)
-    tag = etag(page.cursor)
+    messages, cursor = poll_page(page.messages, page.cursor, settings.max_bytes)
+    tag = etag(cursor)
     request.setHeader(b"ETag", tag)
     if page.reset:
         ctx.registry.resets["poll"] += 1
@@ -40,7 +41,7 @@ async def poll(ctx: Context, request: Request, channel: str) -> bytes:
         request.setResponseCode(304)
         request.setHeader(b"Cache-Control", b"no-cache")
         return b""
-    ctx.registry.deliveries["poll"] += len(page.messages)
-    body = json_response(request, poll_body(page.messages, page.cursor, page.reset))
+    ctx.registry.deliveries["poll"] += len(messages)
+    body = json_response(request, poll_body(messages, cursor, page.reset))
     request.setHeader(b"Cache-Control", b"no-cache")
     return body
