@@ -162,6 +162,7 @@ class Daemon(MultiService):
             settings.history.ttl,
             max_channels=limits.max_channels,
             retry_after=limits.retry_after,
+            max_bytes=settings.history.max_bytes,
         )
         self.broker.setServiceParent(self)
         # Not a child service: it must ping through the whole drain and stop

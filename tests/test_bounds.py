@@ -13,8 +13,15 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
+from pushd.broker.memory import MemoryBroker
 from pushd.config import ConfigError, Settings, check
+from pushd.wire import message_bytes
+from tests.clients import RawHTTP, dechunk, get_request, split_response
+from tests.helpers import Recorder, parse_sse
 
 BIG = "x" * (60 * 1024)
 
@@ -113,3 +120,126 @@ def test_the_new_settings_are_checked() -> None:
     settings.history.max_bytes = settings.limits.message_size - 1
     with pytest.raises(ConfigError, match=r"\[history\] max_bytes"):
         check(settings)
+
+
+# -- all history together ----------------------------------------------------------
+HISTORY_BYTES = 1024 * 1024
+
+
+def held(broker: Any) -> list[Any]:
+    """Every message the broker holds, in publish order."""
+    return sorted((m for ch in broker._channels.values() for m in ch.history), key=lambda m: m.seq)
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_of_many_channels_stays_under_max_bytes_oldest_first(
+    start_daemon: Any,
+) -> None:
+    """Finding 5: 300 messages of 60 KiB to 100 channels keep at most 1 MiB,
+    the newest; a cursor behind what was dropped gets reset on poll and SSE."""
+    running = start_daemon(lambda s: setattr(s.history, "max_bytes", HISTORY_BYTES))
+    broker = running.broker
+    ids = []
+    for i in range(300):
+        code, body = await post_json(running.url + f"/channels/c{i % 100}", BIG)
+        assert code == 201, body
+        ids.append(json.loads(body)["id"])
+    kept = held(broker)
+    assert sum(message_bytes(m) for m in kept) <= HISTORY_BYTES
+    assert len(kept) == HISTORY_BYTES // message_bytes(kept[0])  # as many as fit
+    assert [m.id for m in kept] == ids[-len(kept) :]  # the oldest of the whole broker went first
+    assert broker.bytes == sum(message_bytes(m) for m in kept)
+
+    # GET /channels/{ch} counts what is kept
+    code, body = await get_raw(running.url + "/channels/c99")
+    assert code == 200 and json.loads(body)["history"] == 1
+    code, body = await get_raw(running.url + "/channels/c0")
+    assert code == 404  # nothing kept and nobody subscribed: the channel is gone
+
+    # a cursor behind what was dropped, on a channel that still has history
+    channel = kept[0].channel
+    number = int(channel[1:])
+    # its first message (dropped, and the one after it too), and its last
+    behind, last = ids[number], ids[200 + number]
+    code, body = await get_raw(running.url + f"/channels/{channel}/poll?since={behind}")
+    assert json.loads(body) == {"messages": [], "cursor": last, "reset": True}
+    path = f"/channels/{channel}/events?lastEventId={behind}"
+    raw = await RawHTTP.open(running.port, get_request(path))
+    await raw.contains(b"event: reset")
+    events = parse_sse(b"".join(dechunk(split_response(raw.data)[2])[0]).decode())
+    resets = [e for e in events if e.get("event") == "reset"]
+    assert resets and json.loads(resets[0]["data"])["cursor"] == last
+    raw.close()
+
+
+async def post_json(url: str, data: Any) -> tuple[int, bytes]:
+    response = await treq.post(
+        url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"},
+        persistent=False,
+    )
+    return response.code, await response.content()
+
+
+def test_expired_trimmed_and_deleted_messages_leave_the_total() -> None:
+    clock = Clock()
+    broker = MemoryBroker(clock, size=3, ttl=10, epoch="ep", max_bytes=10_000)
+    for _ in range(5):
+        broker.publish("a", "x" * 100)
+    assert broker.bytes == sum(message_bytes(m) for m in held(broker))
+    assert len(held(broker)) == 3  # trimmed ones left the total
+    broker.publish("b", "y" * 100)
+    broker.delete("a")
+    assert broker.bytes == sum(message_bytes(m) for m in held(broker)) > 0
+    clock.advance(11)
+    broker.sweep()
+    assert broker.bytes == 0 and held(broker) == []
+
+
+sizes = st.integers(0, 900)
+script = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.sampled_from("abcd"), sizes),
+        st.tuples(st.just("publish"), st.sampled_from("abcd"), sizes),
+        st.tuples(st.just("delete"), st.sampled_from("abcd"), st.just(0)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(script)
+def test_history_bound_matches_a_model_of_oldest_first(ops: list[tuple[str, str, int]]) -> None:
+    """Per-channel trimming, deletes and the global bound, against a plain model:
+    the same messages kept, the same total, and each channel's floor at its
+    last dropped message (cursors before it get reset)."""
+    max_bytes, size = 3000, 4
+    broker = MemoryBroker(Clock(), size=size, ttl=1e9, epoch="ep", max_bytes=max_bytes)
+    model: list[tuple[int, str, int]] = []  # (seq, channel, weight), publish order
+    floor: dict[str, int] = {}  # per channel: its last dropped message, or its start
+    for op, channel, n in ops:
+        if op == "delete":
+            broker.delete(channel)
+            model = [e for e in model if e[1] != channel]
+            floor.pop(channel, None)
+            continue
+        message = broker.publish(channel, "z" * n).result
+        floor.setdefault(channel, message.seq - 1)
+        model.append((message.seq, channel, message_bytes(message)))
+        mine = [e for e in model if e[1] == channel]
+        if len(mine) > size:
+            model.remove(mine[0])
+            floor[channel] = mine[0][0]
+        while sum(e[2] for e in model) > max_bytes:
+            seq, name, _ = model.pop(0)
+            floor[name] = seq
+        for name in list(floor):  # a channel left with nothing (and nobody) is freed
+            if not any(e[1] == name for e in model):
+                del floor[name]
+        assert [m.seq for m in held(broker)] == [e[0] for e in model]
+        assert broker.bytes == sum(e[2] for e in model) <= max_bytes
+        assert {name: ch.floor for name, ch in broker._channels.items()} == floor
+        for name, seq in floor.items():  # a cursor behind the floor: reset
+            rec = Recorder()
+            broker.subscribe(name, rec, f"ep-{seq - 1}").cancel()
+            assert rec.events[:1] == [("reset", broker._channels[name].last_id)]
+    assert len(broker._heads) <= 2 * len(broker._channels) + 65
