@@ -8,13 +8,16 @@ body, the broker's history total, an outlet's queue), never on process RSS.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
+import hypothesis
 import pytest
 import pytest_twisted
 import treq
-from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 
 from pushd.broker.memory import MemoryBroker
@@ -22,6 +25,8 @@ from pushd.config import ConfigError, Settings, check
 from pushd.wire import message_bytes
 from tests.clients import RawHTTP, dechunk, get_request, split_response
 from tests.helpers import Recorder, parse_sse
+from tests.test_ops_support import ws_client_frame
+from tests.test_ws import RawHandshake, connect, handshake, settings, within  # noqa: F401
 
 BIG = "x" * (60 * 1024)
 
@@ -206,8 +211,8 @@ script = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(script)
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(script)
 def test_history_bound_matches_a_model_of_oldest_first(ops: list[tuple[str, str, int]]) -> None:
     """Per-channel trimming, deletes and the global bound, against a plain model:
     the same messages kept, the same total, and each channel's floor at its
@@ -243,3 +248,64 @@ def test_history_bound_matches_a_model_of_oldest_first(ops: list[tuple[str, str,
             broker.subscribe(name, rec, f"ep-{seq - 1}").cancel()
             assert rec.events[:1] == [("reset", broker._channels[name].last_id)]
     assert len(broker._heads) <= 2 * len(broker._channels) + 65
+
+
+# -- what waits for one WebSocket connection ----------------------------------------
+def ping_frames(n: int) -> bytes:
+    """``n`` masked client ping frames of the largest control payload (125 bytes)."""
+    return ws_client_frame(0x9, b"p" * 125) * n
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ping_flood_that_never_reads_is_closed_and_a_canary_loses_nothing(
+    start_daemon: Any, connect: Any  # noqa: F811 - the fixture imported from test_ws
+) -> None:
+    """Finding 6: the pongs for a client that sends pings and never reads
+    count against ``[limits] queue``; past it the connection is closed."""
+    queue = 32 * 1024
+    running = start_daemon(settings(limits={"queue": queue}, websocket={"ping_interval": 0.0}))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", running.port))
+    sock.setblocking(False)
+    flood = RawHandshake(handshake(running.port, "/channels/flood/ws"), stop_reading=True)
+    reactor.adoptStreamConnection(sock.fileno(), socket.AF_INET, Factory.forProtocol(lambda: flood))
+    sock.close()  # the reactor holds its own duplicate
+    assert await within(flood.status) == 101
+    [server] = running.registry.connections["ws"]
+
+    canary = await connect(running, "/channels/flood/ws")
+    await canary.barrier()
+    assert running.broker.subscribers("flood") == 2
+
+    sent: list[str] = []
+    received: list[str] = []
+    pinged = 0
+    while running.registry.dropped["ws"] == 0:
+        assert pinged < 200_000, "the ping flood was never closed"
+        flood.transport.write(ping_frames(500))
+        pinged += 500
+        sent.append(await publish_http(running, "flood", "canary"))
+        received += [f["id"] for f in await canary.messages(1)]
+        # what the server holds for the flood: its outlet's queue, and what the
+        # connection buffers once the outlet has been paused, both bounded
+        t = server.transport
+        assert server.outlet.queued <= queue
+        assert len(t.dataBuffer) + t._tempDataLen <= t.bufferSize + 2 * queue
+    for _ in range(5):
+        sent.append(await publish_http(running, "flood", "after"))
+    received += [f["id"] for f in await canary.messages(5)]
+    flood.transport.resumeProducing()  # read again: the server has closed it
+    await within(flood.lost)
+
+    assert received == sent  # the canary lost nothing
+    assert server.ended
+    assert running.registry.dropped["ws"] == 1
+    assert running.broker.subscribers("flood") == 1
+    assert running.registry.count("ws") == 1
+
+
+async def publish_http(running: Any, channel: str, data: str) -> str:
+    code, body = await post_json(running.url + f"/channels/{channel}", data)
+    assert code == 201, body
+    return json.loads(body)["id"]  # type: ignore[no-any-return]
