@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 from pushd.broker.memory import MemoryBroker
 from pushd.config import ConfigError, Settings, check
 from pushd.wire import message_bytes
-from tests.clients import RawHTTP, dechunk, get_request, split_response
+from tests.clients import RawHTTP, dechunk, get_request, split_response, subscribed
 from tests.helpers import Recorder, parse_sse
 from tests.test_ops_support import ws_client_frame
 from tests.test_ws import RawHandshake, connect, handshake, settings, within  # noqa: F401
@@ -309,3 +309,28 @@ async def publish_http(running: Any, channel: str, data: str) -> str:
     code, body = await post_json(running.url + f"/channels/{channel}", data)
     assert code == 201, body
     return json.loads(body)["id"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("transport", "path"), [("sse", "events"), ("stream", "stream")])
+@pytest_twisted.ensureDeferred
+async def test_heartbeats_to_a_client_that_never_reads_count_against_the_queue(
+    start_daemon: Any, transport: str, path: str
+) -> None:
+    """Heartbeats are queued bytes too: with nothing published, a stuck
+    reader is still closed once its heartbeats pass ``[limits] queue``."""
+    queue = 1024
+    running = start_daemon(settings(limits={"queue": queue}))
+    raw = await RawHTTP.open(running.port, get_request(f"/channels/h/{path}"))
+    await subscribed(running.broker, "h")
+    [conn] = running.registry.connections[transport]
+    conn.outlet.pauseProducing()  # what the connection does once the client stops reading
+    beats = 0
+    while not conn.ended:
+        assert beats < 10_000, "never closed"
+        conn.heartbeat()
+        beats += 1
+        assert conn.outlet.queued <= queue
+    assert beats > queue // 16  # closed by the bound, not at once
+    assert running.registry.dropped[transport] == 1
+    await raw.until(lambda _: raw.ended)
+    assert running.broker.subscribers("h") == 0
