@@ -334,3 +334,22 @@ async def test_heartbeats_to_a_client_that_never_reads_count_against_the_queue(
     assert running.registry.dropped[transport] == 1
     await raw.until(lambda _: raw.ended)
     assert running.broker.subscribers("h") == 0
+
+
+def test_the_readme_lists_every_bound() -> None:
+    """README "Limits" names every numeric setting that bounds something."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from pushd.config import SECTIONS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
+    not_bounds = {"heartbeat", "retry"}  # intervals, not limits
+    checked = 0
+    for name, cls in SECTIONS.items():
+        for field in fields(cls):
+            if field.type in ("int", "float") and field.name not in not_bounds:
+                assert f"{field.name}`" in section, f"[{name}] {field.name} is not in Limits"
+                checked += 1
+    assert checked >= 18
