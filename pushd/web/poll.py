@@ -3,6 +3,10 @@
 The answer's ``ETag`` is its cursor. A client that sends it back in
 ``If-None-Match`` while nothing is new gets ``304`` and no body, so an idle
 poll costs a status line and a few headers.
+
+An answer is built whole in memory before it is written, so it carries at
+most ``[poll] max_bytes`` of messages (always one): its cursor is then the
+last message included, and the client pages on from there.
 """
 
 from __future__ import annotations
