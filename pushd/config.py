@@ -21,6 +21,9 @@ class ConfigError(Exception):
 class History:
     size: int = 1000  # messages kept per channel
     ttl: float = 3600.0  # seconds a message is kept
+    # all channels' history together, bytes (each message weighs its JSON object);
+    # past it the oldest messages of the whole broker go first
+    max_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Limits:
 class Poll:
     limit: int = 100  # default messages per answer
     max_limit: int = 1000
+    max_bytes: int = 1024 * 1024  # messages per poll/long-poll answer, bytes (at least one)
 
 
 @dataclass
@@ -202,8 +206,12 @@ def check(settings: Settings) -> None:
         raise ConfigError("[history] ttl must be more than 0 seconds")
     if settings.limits.message_size < 1:
         raise ConfigError("[limits] message_size must be at least 1 byte")
+    if settings.history.max_bytes < settings.limits.message_size:
+        raise ConfigError("[history] max_bytes must be at least [limits] message_size")
     if settings.poll.limit < 1 or settings.poll.limit > settings.poll.max_limit:
         raise ConfigError("[poll] limit must be between 1 and [poll] max_limit")
+    if settings.poll.max_bytes < 1:
+        raise ConfigError("[poll] max_bytes must be at least 1 byte")
     if settings.sse.heartbeat <= 0 or settings.stream.heartbeat <= 0:
         raise ConfigError("heartbeat intervals must be more than 0 seconds")
 

@@ -167,6 +167,7 @@ class Daemon(MultiService):
             settings.history.ttl,
             max_channels=limits.max_channels,
             retry_after=limits.retry_after,
+            max_bytes=settings.history.max_bytes,
         )
         self.broker.setServiceParent(self)
         for problem in compat.self_check():
@@ -307,6 +308,17 @@ class Daemon(MultiService):
         except ReactorNotRunning:
             pass
 
+    def hangup(self) -> None:
+        """SIGHUP: logged, and the daemon keeps serving.
+
+        Supervisors and terminals send SIGHUP expecting a daemon to reopen
+        its log files, not to die (its default action kills the process
+        with no drain and no log line). pushd's loggers write to stdout,
+        which the supervisor owns (twistd's own ``--logfile`` rotates on
+        SIGUSR1), so there is nothing to reopen: the line is all it does.
+        """
+        log.info("SIGHUP: logs go to stdout, nothing to reopen; still serving")
+
 
 def install_sigterm(daemon: Daemon, reactor: Any) -> None:
     """Route SIGTERM to :meth:`Daemon.terminate` on the reactor thread.
@@ -318,6 +330,16 @@ def install_sigterm(daemon: Daemon, reactor: Any) -> None:
         reactor.callFromThread(daemon.terminate)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def install_sighup(daemon: Daemon, reactor: Any) -> None:
+    """Route SIGHUP to :meth:`Daemon.hangup` on the reactor thread, so it
+    no longer kills the process (installed once the reactor runs, like SIGTERM's)."""
+
+    def on_sighup(signum: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(daemon.hangup)
+
+    signal.signal(signal.SIGHUP, on_sighup)
 
 
 # A young-generation collection every 5,000 net new objects instead of 700.
@@ -378,5 +400,6 @@ def makeService(options: Options, reactor: Any = None) -> Daemon:
     except ConfigError as e:
         raise SystemExit(f"pushd: {e}") from None
     reactor.callWhenRunning(install_sigterm, daemon, reactor)
+    reactor.callWhenRunning(install_sighup, daemon, reactor)
     reactor.callWhenRunning(tune_gc)
     return daemon

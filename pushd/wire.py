@@ -120,6 +120,46 @@ def sse_retry(ms: int) -> bytes:
     return b"retry: %d\n\n" % ms
 
 
+def message_bytes(message: Message) -> int:
+    """What ``message`` weighs against the byte bounds (``[poll] max_bytes``,
+    ``[history] max_bytes``): its JSON object as a poll answer carries it.
+
+    The one place a message's size is measured. It is the cached encoding,
+    so weighing a message costs one encode the first time, none after.
+    """
+    return len(message.encoded.get("json") or encode(message, "json"))
+
+
+_POLL_FRAME = len(b'{"messages":[],"cursor":}')
+
+
+def fit_poll(messages: list[Message], max_bytes: int) -> list[Message]:
+    """The longest head of ``messages`` whose :func:`poll_body` is at most
+    ``max_bytes`` long, with its last message as the cursor; always at
+    least one message, however large, so a client can never be stuck.
+
+    An answer is built in memory before it is written, so without this one
+    poll of ``limit`` large messages could hold many megabytes per client.
+    """
+    used = _POLL_FRAME - 1  # the first message has no comma before it
+    for i, message in enumerate(messages):
+        used += message_bytes(message) + 1
+        if i and used + len(dumps(message.id)) > max_bytes:
+            return messages[:i]
+    return messages
+
+
+def poll_page(
+    messages: list[Message], cursor: str | None, max_bytes: int
+) -> tuple[list[Message], str | None]:
+    """A read's messages and cursor cut to ``max_bytes``: when messages are
+    left out, the cursor is the last one included, so paging loses nothing."""
+    fitted = fit_poll(messages, max_bytes)
+    if len(fitted) < len(messages):
+        return fitted, fitted[-1].id
+    return messages, cursor
+
+
 def poll_body(
     messages: list[Message],
     cursor: str | None,

@@ -9,10 +9,18 @@ so an old cursor can never be mistaken for a position in the new history.
 Each channel remembers ``floor``, the position below which it has forgotten
 messages (the last one trimmed, or the counter when it was created). A cursor
 is honoured when ``floor <= seq <= last``; anything else gets a ``reset``.
+
+All history together weighs at most ``max_bytes`` (each message its JSON
+object, :func:`pushd.wire.message_bytes`). Past it the oldest messages of
+the whole broker go first: because ``seq`` is global, the oldest is the
+channel head with the lowest ``seq``, kept in a heap of channel heads, so a
+publish costs no scan of the channels. Every message that leaves history,
+whatever the reason (trimmed, expired, deleted, evicted), leaves the total.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
 import secrets
 from collections import deque
@@ -28,6 +36,7 @@ from pushd.broker.hub import Hub, LocalSubscription
 from pushd.broker.interface import BrokerStats, ChannelInfo, Page, Subscriber
 from pushd.errors import LimitError, PushdError
 from pushd.model import Message, check_channel, check_event
+from pushd.wire import message_bytes
 
 _SEQ_RE = re.compile(r"[0-9]{1,19}\Z")
 T = TypeVar("T")
@@ -48,7 +57,7 @@ def _answer(method: Callable[..., T]) -> Callable[..., Deferred[T]]:
 
 
 class _Channel:
-    __slots__ = ("floor", "history", "last_id", "last_seq", "name")
+    __slots__ = ("floor", "history", "last_id", "last_seq", "listed", "name")
 
     def __init__(self, name: str, floor: int) -> None:
         self.name = name
@@ -56,11 +65,13 @@ class _Channel:
         self.floor = floor
         self.last_seq = floor
         self.last_id: str | None = None
+        self.listed = False  # has an entry in MemoryBroker._heads
 
 
 class MemoryBroker(Service):
     """History bounded by ``size`` messages and ``ttl`` seconds per channel.
 
+    ``max_bytes`` bounds all channels' history together (oldest first).
     ``max_channels`` (0: no limit) bounds the channels a publish may create:
     an unending stream of publishes to fresh names is what would otherwise
     grow without end. Subscribing never counts against it; channels made
@@ -77,6 +88,7 @@ class MemoryBroker(Service):
         sweep_interval: float = 60.0,
         max_channels: int = 0,
         retry_after: int = 5,
+        max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.clock = clock
         self.size = size
@@ -91,6 +103,11 @@ class MemoryBroker(Service):
         self._sweep_interval = sweep_interval
         self.max_channels = max_channels
         self.retry_after = retry_after
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what all history weighs now
+        # (seq, channel name): at least one entry at or below the head of every
+        # channel with history; stale entries are fixed up or dropped when met.
+        self._heads: list[tuple[int, str]] = []
 
     # -- service ---------------------------------------------------------
     def startService(self) -> None:
@@ -140,9 +157,14 @@ class MemoryBroker(Service):
         ch.last_id = message.id
         history = ch.history
         history.append(message)
+        self.bytes += message_bytes(message)
+        if not ch.listed:
+            self._list(ch)
         while len(history) > self.size:
-            ch.floor = history.popleft().seq
+            self._drop_oldest(ch)
         self._expire(ch, now)
+        if self.bytes > self.max_bytes:
+            self._evict()
         self.stats.published += 1
         self.hub.fanout(message)
         self._maybe_free(ch)
@@ -215,8 +237,10 @@ class MemoryBroker(Service):
 
     @_answer
     def delete(self, channel: str) -> int | None:
-        if self._channels.pop(check_channel(channel), None) is None:
+        ch = self._channels.pop(check_channel(channel), None)
+        if ch is None:
             return None
+        self.bytes -= sum(map(message_bytes, ch.history))
         self.stats.channels = len(self._channels)
         return self.hub.close(channel)
 
@@ -268,7 +292,54 @@ class MemoryBroker(Service):
             return
         oldest = int((now - self.ttl) * 1000)
         while history and history[0].time < oldest:
-            ch.floor = history.popleft().seq
+            self._drop_oldest(ch)
+
+    def _drop_oldest(self, ch: _Channel) -> None:
+        """Forget ``ch``'s oldest message: cursors at or behind it now get ``reset``."""
+        message = ch.history.popleft()
+        ch.floor = message.seq
+        self.bytes -= message_bytes(message)
+
+    # -- the bound on all history ------------------------------------------
+    def _list(self, ch: _Channel) -> None:
+        """Give ``ch`` (whose history just began) an entry among the heads."""
+        heads = self._heads
+        if len(heads) > 2 * len(self._channels) + 64:
+            self._relist()  # entries of freed channels: rebuild, amortised O(1)
+            if ch.listed:
+                return
+        ch.listed = True
+        heapq.heappush(heads, (ch.history[0].seq, ch.name))
+
+    def _relist(self) -> None:
+        for ch in self._channels.values():
+            ch.listed = bool(ch.history)
+        self._heads = [(ch.history[0].seq, ch.name) for ch in self._channels.values() if ch.listed]
+        heapq.heapify(self._heads)
+
+    def _evict(self) -> None:
+        """Drop the broker's oldest messages until all history fits ``max_bytes``."""
+        heads = self._heads
+        while self.bytes > self.max_bytes and heads:
+            seq, name = heads[0]
+            ch = self._channels.get(name)
+            if ch is None or not ch.history:  # freed, or emptied since
+                heapq.heappop(heads)
+                if ch is not None:
+                    ch.listed = False
+                continue
+            head = ch.history[0].seq
+            if head != seq:  # its head moved on (trimmed, expired): re-file it
+                heapq.heapreplace(heads, (head, name))
+                continue
+            # the oldest message of the whole broker
+            self._drop_oldest(ch)
+            if ch.history:
+                heapq.heapreplace(heads, (ch.history[0].seq, name))
+            else:
+                heapq.heappop(heads)
+                ch.listed = False
+                self._maybe_free(ch)
 
     def _maybe_free(self, ch: _Channel) -> None:
         if not ch.history and not self.hub.count(ch.name):

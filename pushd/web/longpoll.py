@@ -18,7 +18,7 @@ from twisted.web.server import Request
 from pushd.model import Message
 from pushd.web import access
 from pushd.web.common import Context, arg, json_response, number_arg
-from pushd.wire import poll_body
+from pushd.wire import poll_body, poll_page
 
 
 class Waiter:
@@ -98,8 +98,10 @@ async def longpoll(ctx: Context, request: Request, channel: str) -> bytes:
         ctx.registry.resets["longpoll"] += 1
         return json_response(request, poll_body([], page.cursor, reset=True))
     if page.messages:
-        ctx.registry.deliveries["longpoll"] += len(page.messages)
-        return json_response(request, poll_body(page.messages, page.cursor))
+        # at most [poll] max_bytes of them; the client asks again from the cursor
+        messages, cursor = poll_page(page.messages, page.cursor, ctx.settings.poll.max_bytes)
+        ctx.registry.deliveries["longpoll"] += len(messages)
+        return json_response(request, poll_body(messages, cursor))
     if ctx.registry.draining or timeout == 0:
         return json_response(request, poll_body([], page.cursor))
     waiter = access.subscribe(

@@ -3,6 +3,10 @@
 The answer's ``ETag`` is its cursor. A client that sends it back in
 ``If-None-Match`` while nothing is new gets ``304`` and no body, so an idle
 poll costs a status line and a few headers.
+
+An answer is built whole in memory before it is written, so it carries at
+most ``[poll] max_bytes`` of messages (always one): its cursor is then the
+last message included, and the client pages on from there.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from twisted.web.server import Request
 
 from pushd.web import access
 from pushd.web.common import Context, arg, header, json_response, number_arg
-from pushd.wire import poll_body
+from pushd.wire import poll_body, poll_page
 
 
 def etag(cursor: str | None) -> bytes:
@@ -31,7 +35,8 @@ async def poll(ctx: Context, request: Request, channel: str) -> bytes:
     settings = ctx.settings.poll
     limit = int(number_arg(request, "limit", settings.limit, 1, settings.max_limit))
     page = await access.read(ctx, request, channel, since, limit)
-    tag = etag(page.cursor)
+    messages, cursor = poll_page(page.messages, page.cursor, settings.max_bytes)
+    tag = etag(cursor)
     request.setHeader(b"ETag", tag)
     if page.reset:
         ctx.registry.resets["poll"] += 1
@@ -39,7 +44,7 @@ async def poll(ctx: Context, request: Request, channel: str) -> bytes:
         request.setResponseCode(304)
         request.setHeader(b"Cache-Control", b"no-cache")
         return b""
-    ctx.registry.deliveries["poll"] += len(page.messages)
-    body = json_response(request, poll_body(page.messages, page.cursor, page.reset))
+    ctx.registry.deliveries["poll"] += len(messages)
+    body = json_response(request, poll_body(messages, cursor, page.reset))
     request.setHeader(b"Cache-Control", b"no-cache")
     return body

@@ -49,6 +49,7 @@ from pushd.wire import closed_object, dumps, encode, reset_object
 TRANSPORT = "ws"
 FRAME = "ws-frame"  # key of the framed message bytes in Message.encoded
 OPEN = WebSocketProtocol.STATE_OPEN
+_PING_PONG = (0x9, 0xA)  # the opcodes of the control frames that go through the outlet
 # pushd's own messages. Not the protocol's ``log`` attribute: Autobahn logs
 # through that at debug level several times per handshake, with pprint'ed
 # headers, and its txaio logger makes those calls no-ops below the global
@@ -425,17 +426,29 @@ class WsProtocol(WebSocketServerProtocol):
             self.maxMessagePayloadSize = limit
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """Our frames queue in the outlet; Autobahn's control frames go direct.
+        """Every frame we send queues in the outlet, counted against the
+        connection's ``[limits] queue``; only a close frame goes direct.
 
-        A control frame (ping, pong, close) first lets every frame the outlet
-        holds go out, so that nothing we sent before it arrives after it.
+        Autobahn writes its control frames here itself. A pong answers each
+        ping a client sends, so a client that floods pings and never reads
+        would otherwise grow the connection's buffer without bound: pings
+        and pongs take the outlet's bounded queue, behind what the groups
+        hold for us, and the client is dropped once too much waits. A close
+        frame (one per connection) first lets every frame the outlet holds
+        go out, so nothing we sent before it arrives after it; the close
+        itself must not wait in a queue that ending the connection discards.
         """
-        if self._through_outlet and self.outlet is not None:
-            self.outlet.write(data)
+        outlet = self.outlet
+        if outlet is None:  # the handshake's answer
+            super().sendData(data, sync, chopsize)
+        elif self._through_outlet:
+            outlet.write(data)
+        elif data and data[0] & 0x0F in _PING_PONG and not (sync or chopsize):
+            self._catch_up()
+            outlet.write(data)
         else:
-            if self.outlet is not None:
-                self._catch_up()
-                self.outlet.flush()
+            self._catch_up()
+            outlet.flush()
             super().sendData(data, sync, chopsize)
 
     def sendCloseFrame(
