@@ -325,19 +325,22 @@ class HttpConnection(ProtocolWrapper):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = 0
-        self.server.unregisterProtocol(self)
         self._cancel_timer()
         self._closing = True
         self.parser = None
         self.queue.clear()
         wrapped, self.wrappedProtocol = self.wrappedProtocol, None
-        if wrapped is not None:
-            wrapped.connectionLost(reason)
-            return
         exchange, self._exchange = self._exchange, None
         self._current = None
-        if exchange is not None:
-            exchange.connectionLost(reason)  # Klein cancels a held long-poll
+        try:
+            if wrapped is not None:
+                wrapped.connectionLost(reason)
+            elif exchange is not None:
+                exchange.connectionLost(reason)  # Klein cancels a held long-poll
+        finally:
+            # last: whoever waits for the connections to be gone (a drain)
+            # sees everything on this one ended
+            self.server.unregisterProtocol(self)
 
     def idle(self) -> bool:
         """Between requests: nothing being answered, queued or half-received."""

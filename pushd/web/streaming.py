@@ -37,6 +37,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from pushd.model import Message
 from pushd.outlet import Group, Heartbeat, Outlet
+from pushd.server.bridge import Channel
 from pushd.web.common import Context, join_group
 from pushd.wire import chunk, encode
 
@@ -63,14 +64,17 @@ TAKEN_OVER = _TakenOver()
 def take_over(request: Request, protocol: Protocol) -> Any:
     """Make ``protocol`` the protocol of ``request``'s connection; its transport.
 
-    The HTTP channel stops being the connection's protocol and producer and
-    loses its transport, so nothing it still holds can write; with no
-    reference left to it, it and the request are freed. Works for the three
-    ways a channel is wired: under :class:`pushd.web.site.Connection` on
-    plain TCP, under TLS (the channel's transport is a protocol wrapper),
-    and directly on a transport (tests).
+    On pushd's own server (:mod:`pushd.server`) the connection hands itself
+    over: it stops parsing, drops its deadlines and its producer, and passes
+    bytes and its end to ``protocol``. Under twisted.web's ``HTTPChannel``
+    (a site mounted in another app, or treq's in-memory ``StubTreq``) the
+    channel stops being the connection's protocol and producer and loses its
+    transport, so nothing it still holds can write; with no reference left
+    to it, it and the request are freed.
     """
     channel = request.channel
+    if isinstance(channel, Channel):
+        return channel.conn.take_over(protocol)
     channel.setTimeout(None)  # the channel's idle timer would hold it alive
     transport, channel.transport = channel.transport, None
     transport.unregisterProducer()  # the channel was the connection's producer
