@@ -27,10 +27,10 @@ from pushd.broker.memory import MemoryBroker
 from pushd.config import ConfigError, Settings
 from pushd.metrics import metrics_resource, ops_root
 from pushd.outlet import Registry
+from pushd.server import HttpServer, WebBridge
 from pushd.systemd import Notifier
 from pushd.web.app import PushdApp
 from pushd.web.common import Context
-from pushd.web.site import PushdSite
 
 log = Logger()
 
@@ -188,7 +188,10 @@ class Daemon(MultiService):
         self.metrics_listener: Listener | None = None
         metrics = metrics_resource(self)
         if settings.metrics.listen:
-            metrics_site = PushdSite(ops_root(self, metrics), 1024)
+            metrics_site = HttpServer(
+                WebBridge(ops_root(self, metrics)), reactor, settings.http,
+                lambda method, path: 1024,
+            )
             self.metrics_listener = Listener(settings.metrics.listen, metrics_site, reactor)
             self.metrics_listener.setServiceParent(self)
         else:

@@ -85,7 +85,13 @@ async def test_bad_input_gets_the_same_json_error_both_ways(
     klein = await answer(running.port, request(method, klein_path, body, *headers))
     assert lane[0] == klein[0]
     assert lane[0].split()[1] in (b"400", b"413")
-    assert "content-length" in lane[1] and klein[1]["transfer-encoding"] == "chunked"
+    if lane[0].split()[1] == b"413":
+        # Too large: the HTTP server answers before reading the body, either way
+        # (DESIGN "Every byte bounded"), and closes the connection.
+        assert lane[1]["connection"] == klein[1]["connection"] == "close"
+        assert "content-length" in lane[1] and "content-length" in klein[1]
+    else:
+        assert "content-length" in lane[1] and klein[1]["transfer-encoding"] == "chunked"
     assert lane[2] == klein[2] and {"error", "message"} <= set(lane[2])
     assert running.broker.channel_count() == 0  # nothing was published
 

@@ -17,11 +17,11 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pushd.errors import PushdError
 from pushd.outlet import Heartbeat
+from pushd.server import HttpServer, WebBridge
 from pushd.web import longpoll, pages, poll, publish, sse, stream, ws
 from pushd.web.common import Context, error_response, json_response
 from pushd.web.fastlane import FastLane
 from pushd.web.origins import CorsResource, OriginPolicy
-from pushd.web.site import PushdSite
 
 
 class PushdApp:
@@ -147,9 +147,18 @@ class PushdApp:
         # the hottest URLs skip Klein's router (see pushd.web.fastlane)
         return CorsResource(FastLane(self, self.app.resource()), self.origins)
 
-    def site(self) -> PushdSite:
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        """The largest request body read for a route: a batch, or one message."""
         limits = self.ctx.settings.limits
-        return PushdSite(self.resource(), max(limits.message_size, limits.batch_size))
+        if path == b"/publish" and method == b"POST":
+            return limits.batch_size
+        return limits.message_size
+
+    def site(self) -> HttpServer:
+        """The daemon's HTTP server over this app's resources."""
+        return HttpServer(
+            WebBridge(self.resource()), self.ctx.clock, self.ctx.settings.http, self.body_limit
+        )
 
     def stop(self) -> None:
         self.sse_heartbeat.stop()
