@@ -226,3 +226,36 @@ async def test_a_held_request_hears_its_client_leave(running: Any, path: str) ->
     client.close()
     await bounded(gone)
     assert running.broker.subscribers("lp") == 0  # Klein cancelled the handler
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_heads_and_bodies_are_cut_and_the_canary_loses_nothing(
+    start_daemon: Any,
+) -> None:
+    def short(s: Any) -> None:
+        s.http.header_timeout = 0.5
+        s.http.body_timeout = 0.5
+
+    running = start_daemon(short)
+    canary = await RawHTTP.open(running.port, get_request("/channels/canary/events"))
+    await subscribed(running.broker, "canary")
+    slow_head = await RawHTTP.open(running.port, b"GET /channels/x/poll HTTP/1.1\r\nX-A: ")
+    slow_body = await RawHTTP.open(
+        running.port, b"POST /channels/x HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"
+        + b"x" * 50000,
+    )
+    silent = await RawHTTP.open(running.port, b"")
+    for i in range(3):
+        await running.broker.publish("canary", f"m{i}")
+        # a byte now and then: the deadlines run on regardless
+        slow_head.protocol.transport.write(b"a")
+        slow_body.protocol.transport.write(b"x")
+    for client in (slow_head, slow_body):
+        data = await until_closed(client)
+        assert data.startswith(b"HTTP/1.1 408 ") and b'"error":"timeout"' in data
+    await until_closed(silent)
+    await running.broker.publish("canary", "last")
+    text = (await bounded(canary.contains(b"data: last"))).decode()
+    assert re.findall(r"data: (\S+)", text) == ["m0", "m1", "m2", "last"]
+    assert running.broker.channel_count() == 1  # the slow publish stored nothing
+    canary.close()

@@ -222,3 +222,21 @@ def test_an_error_after_pipelined_requests_comes_after_their_answers() -> None:
     held_conn, held = handler.held.pop()
     answer(held_conn, held)
     assert statuses(transport.value()) == [200, 400] and transport.disconnecting
+
+
+def test_a_hook_answers_first_and_the_handler_is_not_asked() -> None:
+    conn, transport, clock, handler = connect()
+
+    def hook(conn: HttpConnection, request: HttpRequest) -> bool:
+        if request.path != b"/hot":
+            return False
+        conn.respond(200, b"OK", [(b"Content-Type", b"text/plain")], b"direct")
+        return True
+
+    conn.server.hook = hook
+    conn.dataReceived(GET % b"/hot" + GET % b"/cold" + b"HEAD /hot HTTP/1.1\r\n\r\n")
+    out = transport.value()
+    assert statuses(out) == [200, 200, 200]
+    assert out.count(b"direct") == 1 and out.index(b"direct") < out.index(b"GET /cold")
+    assert out.endswith(b"Content-Length: 6\r\n\r\n")  # HEAD: no body
+    assert [r.path for r in handler.seen] == [b"/cold"]

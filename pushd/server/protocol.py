@@ -568,6 +568,28 @@ class HttpConnection(ProtocolWrapper):
         self._keep = keep
         return keep
 
+    def respond(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """Answer the current request at once with ``body`` (a ``hook``'s way
+        to answer without a twisted.web Request); HEAD gets the head only."""
+        request = self._current
+        assert request is not None
+        version = request.version
+        keep = self.start_response(status, True, False, version)
+        lines = [b"%s %d %s\r\n" % (version, status, reason)]
+        lines.extend(b"%s: %s\r\n" % pair for pair in headers)
+        lines.append(b"Content-Length: %d\r\n" % len(body))
+        if not keep:
+            lines.append(b"Connection: close\r\n")
+        elif version == b"HTTP/1.0":
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        if request.method != b"HEAD":
+            lines.append(body)
+        self.transport.write(b"".join(lines))
+        self.finish_response()
+
     def finish_response(self) -> None:
         """The current response is complete: close, or answer the next."""
         self._current = None
