@@ -189,9 +189,11 @@ class HttpServer(Factory):
     """Builds one :class:`HttpConnection` per accepted connection.
 
     ``handle(conn, request)`` answers a request (see :mod:`pushd.server.bridge`);
-    ``hook(conn, request)``, when set, is asked first and returns True when it
-    answered (a later direct route table). ``body_limit(method, path)`` is the
-    largest body accepted for a request.
+    ``hook(conn, request)``, when set, is asked first (a later direct route
+    table): it returns False to pass the request on, True once it answered
+    (:meth:`HttpConnection.respond`), or an :class:`Exchange` when it will
+    answer later (its ``connectionLost`` is called if the client goes first).
+    ``body_limit(method, path)`` is the largest body accepted for a request.
     """
 
     protocol = None  # type: ignore[assignment]
@@ -208,7 +210,7 @@ class HttpServer(Factory):
         draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.handle = handle
-        self.hook: Callable[[HttpConnection, HttpRequest], bool] | None = None
+        self.hook: Callable[[HttpConnection, HttpRequest], bool | Exchange] | None = None
         self.clock = clock
         self.settings = settings or Http()
         self.body_limit = body_limit
@@ -541,10 +543,11 @@ class HttpConnection(ProtocolWrapper):
         self._current = request
         self._keep = request.keep_alive and not request.upgrade and not self.over_limit
         hook = self.server.hook
-        if hook is not None and hook(self, request):
-            exchange = None
-        else:
+        handled = False if hook is None else hook(self, request)
+        if handled is False:
             exchange = self.server.handle(self, request)
+        else:  # True: answered; an Exchange: answering later, told if the client goes
+            exchange = None if handled is True else handled
         if self.wrappedProtocol is not None:  # taken over (Autobahn)
             # Autobahn resumed reading; its protocol replaces our producer
             # itself once the handshake is done (pushd.web.ws onOpen).
