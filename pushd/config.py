@@ -38,6 +38,19 @@ class Limits:
 
 
 @dataclass
+class Http:
+    """The HTTP/1.1 server's own bounds (pushd.server); body sizes are [limits]'."""
+
+    max_url: int = 8192  # request target bytes (414 beyond)
+    max_header_bytes: int = 16384  # header names and values together (431 beyond)
+    max_headers: int = 100  # header lines (431 beyond)
+    max_pipelined: int = 16  # parsed requests waiting behind the one being answered
+    header_timeout: float = 10.0  # seconds from accept (or a first byte) to the end of headers
+    body_timeout: float = 30.0  # seconds for a whole request body
+    idle_timeout: float = 75.0  # seconds a keep-alive connection may wait for its next request
+
+
+@dataclass
 class Poll:
     limit: int = 100  # default messages per answer
     max_limit: int = 1000
@@ -90,6 +103,7 @@ DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 SECTIONS = {
     "history": History,
     "limits": Limits,
+    "http": Http,
     "poll": Poll,
     "longpoll": Longpoll,
     "sse": Sse,
@@ -110,6 +124,7 @@ class Settings:
     allowed_hosts: list[str] = field(default_factory=list)
     history: History = field(default_factory=History)
     limits: Limits = field(default_factory=Limits)
+    http: Http = field(default_factory=Http)
     poll: Poll = field(default_factory=Poll)
     longpoll: Longpoll = field(default_factory=Longpoll)
     sse: Sse = field(default_factory=Sse)
@@ -208,6 +223,11 @@ def check(settings: Settings) -> None:
         raise ConfigError("[limits] message_size must be at least 1 byte")
     if settings.history.max_bytes < settings.limits.message_size:
         raise ConfigError("[history] max_bytes must be at least [limits] message_size")
+    http = settings.http
+    if min(http.max_url, http.max_header_bytes, http.max_headers, http.max_pipelined) < 1:
+        raise ConfigError("[http] sizes and counts must be at least 1")
+    if min(http.header_timeout, http.body_timeout, http.idle_timeout) <= 0:
+        raise ConfigError("[http] timeouts must be more than 0 seconds")
     if settings.poll.limit < 1 or settings.poll.limit > settings.poll.max_limit:
         raise ConfigError("[poll] limit must be between 1 and [poll] max_limit")
     if settings.poll.max_bytes < 1:

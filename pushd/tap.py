@@ -28,10 +28,10 @@ from pushd.broker.memory import MemoryBroker
 from pushd.config import ConfigError, Settings
 from pushd.metrics import metrics_resource, ops_root
 from pushd.registry import Registry
+from pushd.server import HttpServer, WebBridge
 from pushd.systemd import Notifier
 from pushd.web.app import PushdApp
 from pushd.web.common import Context
-from pushd.web.site import PushdSite
 
 log = Logger()
 
@@ -196,7 +196,10 @@ class Daemon(MultiService):
         self.metrics_listener: Listener | None = None
         metrics = metrics_resource(self)
         if settings.metrics.listen:
-            metrics_site = PushdSite(ops_root(self, metrics), 1024)
+            metrics_site = HttpServer(
+                WebBridge(ops_root(self, metrics)), reactor, settings.http,
+                lambda method, path: 1024,
+            )
             self.metrics_listener = Listener(settings.metrics.listen, metrics_site, reactor)
             self.metrics_listener.setServiceParent(self)
         else:
@@ -206,7 +209,7 @@ class Daemon(MultiService):
 
     def resource(self) -> Resource:
         """Every URL of pushd as one twisted.web resource (see :func:`embed`)."""
-        return self.site.resource
+        return self.site.handle.resource  # type: ignore[no-any-return]
 
     def ready(self) -> Deferred[Any]:
         """Fires once every listener is up."""

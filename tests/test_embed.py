@@ -63,6 +63,6 @@ def test_embed_listens_nowhere_itself() -> None:
     settings.listen = ["tcp:0"]
     daemon = embed(settings, reactor)
     assert daemon.listeners == []
-    assert daemon.resource() is daemon.site.resource
+    assert daemon.resource() is daemon.site.handle.resource
 
 

@@ -42,7 +42,7 @@ async def test_json_lines_with_connection_debug_lines(tmp_path: Path) -> None:
     logged = records(child.output)
     opened = [r for r in logged if r["message"] == "connection opened from 127.0.0.1"]
     assert opened and opened[0]["level"] == "debug" and opened[0]["peer"] == "127.0.0.1"
-    assert opened[0]["namespace"] == "pushd.web.site"
+    assert opened[0]["namespace"] == "pushd.server.protocol"
     ready = next(r for r in logged if r["message"].startswith("pushd ready"))
     assert ready["level"] == "info" and ready["time"].endswith("+00:00")
     assert any(r["message"] == "drain: every client has gone" for r in logged)

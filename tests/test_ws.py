@@ -594,7 +594,9 @@ async def test_http_idle_timeout_does_not_close_a_websocket(
             self.pings: DeferredQueue[bytes] = DeferredQueue()
 
     running = start_daemon(settings(websocket={"ping_interval": 0.3, "ping_timeout": 2.0}))
-    running.daemon.site.timeOut = 0.2  # the HTTP channel's idle timer, shortened
+    # the HTTP server's deadlines, shortened far below two ping intervals
+    running.daemon.site.settings.idle_timeout = 0.2
+    running.daemon.site.settings.header_timeout = 0.2
     client = await connect(running, "/channels/idle/ws", protocol=Counting)
     for _ in range(2):  # two pings apart: well past the HTTP idle timeout
         await within(client.pings.get())

@@ -19,12 +19,12 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pushd.errors import PushdError
 from pushd.heartbeat import Heartbeat
+from pushd.server import HttpServer, WebBridge
 from pushd.web import longpoll, pages, poll, publish, sse, stream, ws
 from pushd.web.common import Context, error_response, json_response
 from pushd.web.origins import CorsResource, HostPolicy, OriginPolicy
 from pushd.web.render import Answer, answer
 from pushd.web.routes import ROUTES, Route, Router
-from pushd.web.site import PushdSite
 
 
 class PushdApp:
@@ -144,9 +144,18 @@ class PushdApp:
         """Everything pushd serves, as one twisted.web resource."""
         return CorsResource(Dispatch(self, self.app.resource()), self.origins, self.hosts)
 
-    def site(self) -> PushdSite:
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        """The largest request body read for a route: a batch, or one message."""
         limits = self.ctx.settings.limits
-        return PushdSite(self.resource(), max(limits.message_size, limits.batch_size))
+        if path == b"/publish" and method == b"POST":
+            return limits.batch_size
+        return limits.message_size
+
+    def site(self) -> HttpServer:
+        """The daemon's HTTP server over this app's resources."""
+        return HttpServer(
+            WebBridge(self.resource()), self.ctx.clock, self.ctx.settings.http, self.body_limit
+        )
 
     def stop(self) -> None:
         self.sse_heartbeat.stop()

@@ -74,8 +74,6 @@ def header(request: IRequest, name: str) -> str | None:
 
 def body(request: Request, limit: int) -> bytes:
     """The request body, or 413 when it was (or is) larger than ``limit``."""
-    if getattr(request, "body_too_large", False):
-        raise PushdError(413, "too_large", f"the body is larger than {limit} bytes")
     content = request.content
     if content is None:
         return b""

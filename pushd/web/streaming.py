@@ -40,6 +40,7 @@ from pushd.fanout import Group
 from pushd.heartbeat import Heartbeat
 from pushd.model import Message
 from pushd.outlet import Outlet
+from pushd.server.bridge import Channel
 from pushd.web.common import Context
 from pushd.wire import chunk, encode
 
@@ -66,14 +67,17 @@ TAKEN_OVER = _TakenOver()
 def take_over(request: Request, protocol: Protocol) -> Any:
     """Make ``protocol`` the protocol of ``request``'s connection; its transport.
 
-    The HTTP channel stops being the connection's protocol and producer and
-    loses its transport, so nothing it still holds can write; with no
-    reference left to it, it and the request are freed. Works for the three
-    ways a channel is wired: under :class:`pushd.web.site.Connection` on
-    plain TCP, under TLS (the channel's transport is a protocol wrapper),
-    and directly on a transport (tests).
+    On pushd's own server (:mod:`pushd.server`) the connection hands itself
+    over: it stops parsing, drops its deadlines and its producer, and passes
+    bytes and its end to ``protocol``. Under twisted.web's ``HTTPChannel``
+    (a site mounted in another app, or treq's in-memory ``StubTreq``) the
+    channel stops being the connection's protocol and producer and loses its
+    transport, so nothing it still holds can write; with no reference left
+    to it, it and the request are freed.
     """
     channel = request.channel
+    if isinstance(channel, Channel):
+        return channel.conn.take_over(protocol)
     channel.setTimeout(None)  # the channel's idle timer would hold it alive
     transport, channel.transport = channel.transport, None
     transport.unregisterProducer()  # the channel was the connection's producer
