@@ -54,6 +54,7 @@ class Channel:
         self._host = conn.transport.getHost()
         self._secure = ISSLTransport.providedBy(conn.transport)
         self._producer: Any = None
+        self._head: bytes | None = None
 
     def getPeer(self) -> Any:
         return self._peer
@@ -80,13 +81,25 @@ class Channel:
         elif keep and version == b"HTTP/1.0":
             lines.append(b"Connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        self.conn.transport.write(b"".join(lines))
+        # held until the first body bytes (or the end): one send for both
+        self._head = b"".join(lines)
 
     def write(self, data: bytes) -> None:
-        self.conn.transport.write(data)
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        self.conn.write(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
-        self.conn.transport.writeSequence(data)
+        self.write(b"".join(data))
+
+    def flush_head(self) -> None:
+        """Send a head still held (a response with no body, or before a take-over)."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            self.conn.write(head)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """A response's own producer (e.g. a static file) stands in for the
@@ -109,9 +122,11 @@ class Channel:
         self.conn.transport.registerProducer(self.conn._flow, True)
 
     def requestDone(self, request: Request) -> None:
+        self.flush_head()
         self.conn.finish_response()
 
     def loseConnection(self) -> None:
+        self.flush_head()
         self.conn.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:

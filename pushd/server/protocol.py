@@ -46,6 +46,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
+from pushd import compat
 from pushd.config import Http
 from pushd.errors import PushdError
 from pushd.logs import level_from_env
@@ -277,6 +278,7 @@ class HttpConnection(ProtocolWrapper):
     _write_paused = False
     _continue_pending = False
     _keep = True  # the current response leaves the connection open
+    _sock: Any = None  # plain TCP: the socket compat.send may send on
 
     def __init__(self, server: HttpServer, peer_host: str, over_limit: bool) -> None:
         self.factory = server  # type: ignore[assignment]
@@ -303,11 +305,18 @@ class HttpConnection(ProtocolWrapper):
         else:
             self.wire = transport  # plain TCP: outlets write on the socket itself
         self.transport = transport
+        self._sock = compat.socket_of(transport)
         self.connected = 1
         self.server.registerProtocol(self)
         self.connectionMade()
 
     def connectionMade(self) -> None:
+        # Answers and stream frames leave whole, in one send each: Nagle's
+        # wait for an ACK (up to the client's 40 ms delayed ACK) would only
+        # hold back the next small one.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self.transport.registerProducer(self._flow, True)
         self._start_timer(self.settings.header_timeout, self._header_timeout, "header")
 
@@ -327,7 +336,7 @@ class HttpConnection(ProtocolWrapper):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = 0
-        self._cancel_timer()
+        self._stop_timer()
         self._closing = True
         self.parser = None
         self.queue.clear()
@@ -406,9 +415,7 @@ class HttpConnection(ProtocolWrapper):
 
     def on_message_begin(self) -> None:
         self._in_message = True
-        if self._timer is not None and self._timer_kind == "idle":
-            self._cancel_timer()
-        if self._timer is None:  # from this request's first byte, never reset
+        if self._timer_kind != "header":  # from this request's first byte, never reset
             self._start_timer(self.settings.header_timeout, self._header_timeout, "header")
 
     def on_url(self, url: bytes) -> None:
@@ -532,7 +539,7 @@ class HttpConnection(ProtocolWrapper):
                 if self._continue_pending:
                     self._continue_pending = False
                     self.transport.write(CONTINUE)
-                if not self.queue and not self._in_message and self._timer is None:
+                if not self.queue and not self._in_message and not self._timer_kind:
                     if self.over_limit or self._closing:
                         return
                     self._start_timer(self.settings.idle_timeout, self._idle_timeout, "idle")
@@ -590,8 +597,13 @@ class HttpConnection(ProtocolWrapper):
         lines.append(b"\r\n")
         if request.method != b"HEAD":
             lines.append(body)
-        self.transport.write(b"".join(lines))
+        self.write(b"".join(lines))
         self.finish_response()
+
+    def write(self, data: bytes) -> None:
+        """Bytes of the current response: sent at once while nothing waits
+        (:func:`pushd.compat.send`), else through the transport, in order."""
+        compat.send(self.transport, self._sock, data)
 
     def finish_response(self) -> None:
         """The current response is complete: close, or answer the next."""
@@ -620,7 +632,7 @@ class HttpConnection(ProtocolWrapper):
 
     def _taken_over(self) -> None:
         """No more HTTP here: no timers, no parser, no producer of ours."""
-        self._cancel_timer()
+        self._stop_timer()
         self.parser = None
         self._current = None
         self._exchange = None
@@ -660,26 +672,52 @@ class HttpConnection(ProtocolWrapper):
         self.loseConnection()
 
     # -- timers -------------------------------------------------------------
+    # One deadline per connection, of one kind at a time ("header", "body",
+    # "idle"; "" when none runs). Arming it sets the deadline; the one pending
+    # DelayedCall is only moved when the new deadline is sooner than it, and
+    # when it fires early (the deadline moved later meanwhile) it re-arms for
+    # what is left. A keep-alive request then costs no timer call at all in
+    # the common case, instead of three callLater and three cancel.
     _timer_kind = ""
+    _deadline = 0.0
 
     def _start_timer(self, seconds: float, fire: Callable[[], None], kind: str) -> None:
-        self._cancel_timer()
         self._timer_kind = kind
-        self._timer = self.clock.callLater(seconds, fire)
+        self._on_deadline = fire
+        deadline = self.clock.seconds() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None:
+            self._timer = self.clock.callLater(seconds, self._tick)
+        elif timer.getTime() > deadline:
+            timer.reset(seconds)
 
     def _cancel_timer(self) -> None:
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            if timer.active():
-                timer.cancel()
+        """No deadline runs now (the pending call, if any, will find none)."""
+        self._timer_kind = ""
+
+    def _stop_timer(self) -> None:
+        """No deadline will run on this connection again."""
+        self._timer_kind = ""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self._timer_kind:
+            return
+        left = self._deadline - self.clock.seconds()
+        if left > 0:
+            self._timer = self.clock.callLater(left, self._tick)
+            return
+        self._timer_kind = ""
+        self._on_deadline()
 
     def _header_timeout(self) -> None:
-        self._timer = None
         self._timed_out("the request headers took too long")
 
     def _body_timeout(self) -> None:
-        self._timer = None
         self._timed_out("the request body took too long")
 
     def _timed_out(self, message: str) -> None:
@@ -690,7 +728,6 @@ class HttpConnection(ProtocolWrapper):
             self.loseConnection()
 
     def _idle_timeout(self) -> None:
-        self._timer = None
         self._closing = True
         self.loseConnection()
 

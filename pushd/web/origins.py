@@ -8,6 +8,7 @@ Requests without ``Origin`` (curl, servers, native clients) are always served.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from twisted.web.resource import Resource
@@ -64,6 +65,7 @@ def _host_name(host: str) -> str:
     return name if name and port.isdigit() else host
 
 
+@lru_cache(maxsize=1024)
 def is_loopback(address: str) -> bool:
     """Whether ``address`` (an IP literal) is this machine: 127.0.0.0/8, ::1, or
     127.x.y.z mapped into IPv6."""

@@ -77,6 +77,7 @@ def take_over(request: Request, protocol: Protocol) -> Any:
     """
     channel = request.channel
     if isinstance(channel, Channel):
+        channel.flush_head()
         return channel.conn.take_over(protocol)
     channel.setTimeout(None)  # the channel's idle timer would hold it alive
     transport, channel.transport = channel.transport, None
@@ -139,6 +140,10 @@ class Streamer(Protocol):
         request.setHeader(b"Content-Type", self.content_type)
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
+        # The connection closes when the response ends (budget, drain,
+        # deletion): say so, or an HTTP/1.1 client may send its next request
+        # on it in the instant before the close reaches it.
+        request.setHeader(b"Connection", b"close")
         self.prepare_headers(request)
         request.write(b"")  # status line and headers go out now, before any message
         self.framed = bool(request.chunked)
