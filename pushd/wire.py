@@ -33,7 +33,9 @@ def chunk(data: bytes) -> bytes:
 
 
 def payload_text(data: Any) -> str:
-    """The text a browser sees as ``event.data``: text as is, JSON as JSON text."""
+    """The text a browser sees as ``event.data`` for ``data`` published as
+    text (a str) or JSON (anything else). A JSON string published as JSON
+    is its JSON text instead (see :class:`~pushd.model.Payload`)."""
     return data if isinstance(data, str) else _dumps(data)
 
 
@@ -52,13 +54,15 @@ def sse_frame(data_text: str, event: str | None = None, id: str | None = None) -
 
 
 def _json(m: Message) -> bytes:
-    return dumps(m.as_dict())
+    # The payload's JSON was made once, before the message was stored:
+    # spliced in here, never encoded again.
+    return b'{"id":%s,"channel":%s,"event":%s,"data":%s,"time":%d}' % (
+        dumps(m.id), dumps(m.channel), dumps(m.event), m.payload.json, m.time,
+    )
 
 
 def _typed(m: Message) -> bytes:
-    obj = {"type": "message"}
-    obj.update(m.as_dict())
-    return dumps(obj)
+    return b'{"type":"message",' + _json(m)[1:]
 
 
 def _ndjson(m: Message) -> bytes:
@@ -66,11 +70,18 @@ def _ndjson(m: Message) -> bytes:
 
 
 def _sse(m: Message) -> bytes:
-    return sse_frame(payload_text(m.data), m.event, m.id)
+    payload = m.payload
+    if payload.text is not None:  # text as itself, a data: line per line
+        return sse_frame(payload.text, m.event, m.id)
+    # A JSON value as its JSON text: one line, JSON escapes every line break.
+    head = "id: " + m.id + "\n"
+    if m.event != DEFAULT_EVENT:
+        head += "event: " + m.event + "\n"
+    return head.encode() + b"data: " + payload.json + b"\n\n"
 
 
 def _sse_envelope(m: Message) -> bytes:
-    return sse_frame(encode(m, "json").decode(), None, m.id)
+    return b"id: " + m.id.encode() + b"\ndata: " + encode(m, "json") + b"\n\n"
 
 
 ENCODERS: dict[str, Callable[[Message], bytes]] = {

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pushd.errors import PushdError, bad_request
-from pushd.model import Message, check_channel, check_event, loads_json
+from pushd.model import Message, Payload, check_channel, check_event, json_payload, loads_json
 from pushd.outlet import Group, Outlet
 from pushd.web.common import Context, join_group
 from pushd.web.origins import OriginPolicy
@@ -67,7 +67,7 @@ class Unsubscribe:
 @dataclass(frozen=True)
 class Publish:
     channel: str
-    data: Any
+    data: Payload  # a frame's data is a JSON value, a string included
     event: str
 
 
@@ -126,7 +126,7 @@ def parse_command(payload: bytes, is_binary: bool) -> Command:
         return Unsubscribe(channel)
     if "data" not in obj:
         raise _bad_frame("publish needs data")
-    return Publish(channel, obj["data"], check_event(obj.get("event")))
+    return Publish(channel, json_payload(obj["data"], checked=True), check_event(obj.get("event")))
 
 
 def error_object(error: PushdError) -> dict[str, Any]:
@@ -320,7 +320,7 @@ class WsProtocol(WebSocketServerProtocol):
             raise PushdError(404, "not_subscribed", f"not subscribed to {channel}")
         feed.cancel()
 
-    def publish(self, channel: str, data: Any, event: str) -> None:
+    def publish(self, channel: str, data: Payload, event: str) -> None:
         if not self.ctx.settings.websocket.publish:
             raise PushdError(
                 403, "forbidden", "publishing over WebSocket is off ([websocket] publish)"
