@@ -142,7 +142,8 @@ def test_the_broker_refuses_what_it_could_not_encode_and_stores_nothing() -> Non
     for bad in [float("nan"), {"v": float("inf")}, 10**400, "\udc00"]:
         failure = sync.failureResultOf(broker.publish("c", bad), PushdError)
         assert failure.value.code == "bad_json"
-    failure = sync.failureResultOf(broker.publish_many([("c", 1, "message"), ("c", float("nan"), "message")]))
+    batch = [("c", 1, "message"), ("c", float("nan"), "message")]
+    failure = sync.failureResultOf(broker.publish_many(batch))
     assert failure.value.code == "bad_json"
     assert sync.successResultOf(broker.info("c")).history == 0
     assert watcher == []
@@ -413,6 +414,21 @@ def test_each_message_is_encoded_from_its_one_json_text() -> None:
     broker = MemoryBroker(Clock(), epoch="ep")
     m = sync.successResultOf(broker.publish("c", parse_body(b'{"a": 1.50}', "application/json")))
     assert m.payload.json == b'{"a":1.5}'
-    assert encode(m, "json") == b'{"id":"ep-1","channel":"c","event":"message","data":{"a":1.5},"time":0}'
+    assert encode(m, "json") == (
+        b'{"id":"ep-1","channel":"c","event":"message","data":{"a":1.5},"time":0}'
+    )
     assert encode(m, "sse") == b'id: ep-1\ndata: {"a":1.5}\n\n'
     assert encode(m, "typed") == b'{"type":"message",' + encode(m, "json")[1:]
+
+
+def test_source_lines_keep_json_or_text() -> None:
+    from pushd.sources.base import Source, decode_line
+
+    source = Source(MemoryBroker(Clock(), epoch="ep"), "t")
+    ok, payload = decode_line(source, b'"007"', True)
+    assert ok and payload is not None and (payload.is_json, payload.json) == (True, b'"007"')
+    ok, payload = decode_line(source, b'"007"', False)
+    assert ok and payload is not None and (payload.is_json, payload.text) == (False, '"007"')
+    for bad in (b"NaN", b"[1e400]", nested(65).encode()):
+        assert decode_line(source, bad, True) == (False, None)
+    assert source.errors == 3
