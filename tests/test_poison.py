@@ -22,6 +22,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from pushd.broker.memory import MemoryBroker
@@ -313,6 +314,23 @@ async def test_a_30000_level_websocket_frame_gets_an_error_and_the_connection_li
 ) -> None:
     running = start_daemon(settings(websocket={"publish": True}))
     client = await open_ws(running, "/channels/deep/ws")
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        await _send_deep_frames(running, client)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert [e for e in logged if "log_failure" in e] == []  # no traceback in the log
+    # Depth 64 is the limit for a frame as a whole: data 63 deep is fine.
+    client.sendMessage(('{"type":"publish","channel":"deep","data":%s}' % nested(63)).encode())
+    [message] = await client.messages(1)
+    assert message["data"] == json.loads(nested(63))
+    assert await running.broker.info("other") is None
+    assert client.transport.connected
+    client.transport.abortConnection()
+
+
+async def _send_deep_frames(running: Any, client: Client) -> None:
     for frame in (
         nested(30_000),
         '{"type":"publish","channel":"deep","data":%s}' % nested(30_000),
@@ -323,13 +341,6 @@ async def test_a_30000_level_websocket_frame_gets_an_error_and_the_connection_li
         answer = await client.next()
         assert (answer["type"], answer["code"]) == ("error", "bad_json")
         assert await client.barrier() == []  # open, and answering pings
-    # Depth 64 is the limit for a frame as a whole: data 63 deep is fine.
-    client.sendMessage(('{"type":"publish","channel":"deep","data":%s}' % nested(63)).encode())
-    [message] = await client.messages(1)
-    assert message["data"] == json.loads(nested(63))
-    assert await running.broker.info("other") is None
-    assert client.transport.connected
-    client.transport.abortConnection()
 
 
 # -- JSON or text, kept on every transport -------------------------------------
