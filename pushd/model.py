@@ -75,9 +75,9 @@ def loads_json(text: str) -> Any:
     is a 400 ``bad_json``.
     """
     _check_depth(text)
-    # Only an integer of 309 digits or more can pass a double's range (a
-    # float that does is caught by _float_in_range): the checking hook costs
-    # a call per integer, so it runs only for a text that may hold one.
+    # Every float literal goes through _float_in_range (one call each). An
+    # integer can pass a double's range only with 309 digits or more: its
+    # hook, a call per integer, runs only for a text that may hold one.
     decoder = _INTS_CHECKED if _LONG_DIGITS.search(text) else _DECODER
     try:
         if text.startswith("\ufeff"):
@@ -102,7 +102,7 @@ def _refuse_constant(name: str) -> Any:
 def _float_in_range(literal: str) -> float:
     value = float(literal)
     if value in _INFINITIES:
-        raise ValueError(f"the number {literal[:40]}... does not fit a double")
+        raise _out_of_range(literal)
     return value
 
 
@@ -111,8 +111,13 @@ def _int_in_range(literal: str) -> int:
     try:
         float(value)
     except OverflowError:
-        raise ValueError(f"the number {literal[:40]}... does not fit a double") from None
+        raise _out_of_range(literal) from None
     return value
+
+
+def _out_of_range(literal: str) -> ValueError:
+    shown = literal if len(literal) <= 40 else literal[:40] + "..."
+    return ValueError(f"the number {shown} does not fit a double")
 
 
 _INFINITIES = (float("inf"), float("-inf"))
