@@ -33,7 +33,9 @@ def chunk(data: bytes) -> bytes:
 
 
 def payload_text(data: Any) -> str:
-    """The text a browser sees as ``event.data``: text as is, JSON as JSON text."""
+    """The text a browser sees as ``event.data`` for ``data`` published as
+    text (a str) or JSON (anything else). A JSON string published as JSON
+    is its JSON text instead (see :class:`~pushd.model.Payload`)."""
     return data if isinstance(data, str) else _dumps(data)
 
 
@@ -51,14 +53,19 @@ def sse_frame(data_text: str, event: str | None = None, id: str | None = None) -
     return head.encode() + _sse_data(data_text) + b"\n"
 
 
+_JSON = b'{"id":"%s","channel":"%s","event":"%s","data":%s,"time":%d}'
+_JSON_FIXED = len(_JSON.replace(b"%s", b"").replace(b"%d", b""))
+
+
 def _json(m: Message) -> bytes:
-    return dumps(m.as_dict())
+    # The payload's JSON was made once, before the message was stored:
+    # spliced in here, never encoded again. Ids, channel and event names are
+    # ASCII with nothing JSON would escape (pushd.model's rules).
+    return _JSON % (m.id.encode(), m.channel.encode(), m.event.encode(), m.payload.json, m.time)
 
 
 def _typed(m: Message) -> bytes:
-    obj = {"type": "message"}
-    obj.update(m.as_dict())
-    return dumps(obj)
+    return b'{"type":"message",' + _json(m)[1:]
 
 
 def _ndjson(m: Message) -> bytes:
@@ -66,11 +73,18 @@ def _ndjson(m: Message) -> bytes:
 
 
 def _sse(m: Message) -> bytes:
-    return sse_frame(payload_text(m.data), m.event, m.id)
+    payload = m.payload
+    if payload.text is not None:  # text as itself, a data: line per line
+        return sse_frame(payload.text, m.event, m.id)
+    # A JSON value as its JSON text: one line, JSON escapes every line break.
+    head = "id: " + m.id + "\n"
+    if m.event != DEFAULT_EVENT:
+        head += "event: " + m.event + "\n"
+    return head.encode() + b"data: " + payload.json + b"\n\n"
 
 
 def _sse_envelope(m: Message) -> bytes:
-    return sse_frame(encode(m, "json").decode(), None, m.id)
+    return b"id: " + m.id.encode() + b"\ndata: " + encode(m, "json") + b"\n\n"
 
 
 ENCODERS: dict[str, Callable[[Message], bytes]] = {
@@ -124,10 +138,15 @@ def message_bytes(message: Message) -> int:
     """What ``message`` weighs against the byte bounds (``[poll] max_bytes``,
     ``[history] max_bytes``): its JSON object as a poll answer carries it.
 
-    The one place a message's size is measured. It is the cached encoding,
-    so weighing a message costs one encode the first time, none after.
+    The one place a message's size is measured: the exact length of its
+    ``json`` encoding, counted without making it (the history weighs every
+    message, and most are never polled).
     """
-    return len(message.encoded.get("json") or encode(message, "json"))
+    m = message
+    return (
+        _JSON_FIXED + len(m.id) + len(m.channel) + len(m.event) + len(m.payload.json)
+        + len(str(m.time))
+    )
 
 
 _POLL_FRAME = len(b'{"messages":[],"cursor":}')

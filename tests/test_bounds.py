@@ -353,3 +353,12 @@ def test_the_readme_lists_every_bound() -> None:
                 assert f"{field.name}`" in section, f"[{name}] {field.name} is not in Limits"
                 checked += 1
     assert checked >= 18
+
+
+def test_a_message_weighs_exactly_its_json_encoding() -> None:
+    from pushd.model import Message, json_payload, text_payload
+    from pushd.wire import encode, message_bytes
+
+    for payload in [text_payload("héllo\n\"x\""), json_payload({"a": [1, "é"]}), json_payload(None)]:
+        m = Message("ep-12", 12, "a.b:c@d-e", "note", payload, 1_700_000_000_123)
+        assert message_bytes(m) == len(encode(m, "json"))

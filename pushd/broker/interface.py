@@ -14,7 +14,7 @@ from typing import Any, Protocol, Sequence
 
 from twisted.internet.defer import Deferred
 
-from pushd.model import Message
+from pushd.model import Message, Payload
 
 
 class Subscriber(Protocol):
@@ -81,11 +81,22 @@ class BrokerStats:
 class Broker(Protocol):
     stats: BrokerStats
 
-    def publish(self, channel: str, data: Any, event: str = "message") -> Deferred[Message]:
-        """Store and fan out one message. Fails with PushdError on bad names."""
+    def publish(
+        self, channel: str, data: Payload | Any, event: str = "message"
+    ) -> Deferred[Message]:
+        """Store and fan out one message. Fails with PushdError on bad names.
 
-    def publish_many(self, items: Sequence[tuple[str, Any, str]]) -> Deferred[list[Message]]:
-        """All or nothing: every item is checked before any is stored."""
+        ``data`` is a :class:`~pushd.model.Payload` (what parsing a body
+        gives: JSON or text, already encoded) or a Python value made one by
+        :func:`~pushd.model.as_payload` (a str is text, anything else JSON).
+        What no transport could encode (NaN, a number beyond a double, deep
+        nesting...) fails with PushdError 400 ``bad_json`` and stores nothing.
+        """
+
+    def publish_many(
+        self, items: Sequence[tuple[str, Payload | Any, str]]
+    ) -> Deferred[list[Message]]:
+        """All or nothing: every item is checked (and encoded) before any is stored."""
 
     def subscribe(
         self, channel: str, subscriber: Subscriber, since: str | None = None

@@ -35,7 +35,7 @@ from twisted.internet.task import LoopingCall
 from pushd.broker.hub import Hub, LocalSubscription
 from pushd.broker.interface import BrokerStats, ChannelInfo, Page, Subscriber
 from pushd.errors import LimitError, PushdError
-from pushd.model import Message, check_channel, check_event
+from pushd.model import Message, Payload, as_payload, check_channel, check_event
 from pushd.wire import message_bytes
 
 _SEQ_RE = re.compile(r"[0-9]{1,19}\Z")
@@ -121,17 +121,18 @@ class MemoryBroker(Service):
 
     # -- publishing ------------------------------------------------------
     @_answer
-    def publish(self, channel: str, data: Any, event: str = "message") -> Message:
+    def publish(self, channel: str, data: Payload | Any, event: str = "message") -> Message:
         check_channel(channel)
         event = check_event(event)
+        payload = as_payload(data)  # encoded before anything is stored
         self._check_room({channel})
-        return self._publish(channel, data, event)
+        return self._publish(channel, payload, event)
 
     @_answer
-    def publish_many(self, items: Sequence[tuple[str, Any, str]]) -> list[Message]:
-        checked = [(check_channel(c), d, check_event(e)) for c, d, e in items]
+    def publish_many(self, items: Sequence[tuple[str, Payload | Any, str]]) -> list[Message]:
+        checked = [(check_channel(c), as_payload(d), check_event(e)) for c, d, e in items]
         self._check_room({c for c, _, _ in checked})
-        return [self._publish(c, d, e) for c, d, e in checked]
+        return [self._publish(c, p, e) for c, p, e in checked]
 
     def _check_room(self, names: set[str]) -> None:
         """Refuse, before anything is stored, publishes past ``max_channels``."""
@@ -145,14 +146,14 @@ class MemoryBroker(Service):
                 self.retry_after,
             )
 
-    def _publish(self, name: str, data: Any, event: str) -> Message:
+    def _publish(self, name: str, payload: Payload, event: str) -> Message:
         ch = self._channels.get(name)
         if ch is None:
             ch = self._create(name)
         self._seq += 1
         seq = self._seq
         now = self.clock.seconds()
-        message = Message(f"{self.epoch}-{seq}", seq, name, event, data, int(now * 1000))
+        message = Message(f"{self.epoch}-{seq}", seq, name, event, payload, int(now * 1000))
         ch.last_seq = seq
         ch.last_id = message.id
         history = ch.history

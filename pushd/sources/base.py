@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from pushd.broker.interface import Broker
 from pushd.config import ConfigError
 from pushd.errors import PushdError
-from pushd.model import CHANNEL_RE, Message, loads_json
+from pushd.model import CHANNEL_RE, Message, Payload, parse_json, text_payload
 
 
 class Settings:
@@ -122,7 +122,14 @@ class Source(Service):
         self.errors = 0
         self.restarts = 0
 
-    def publish(self, channel: str, data: Any, event: str = "message") -> Deferred[Message]:
+    def publish(
+        self, channel: str, data: Payload | Any, event: str = "message"
+    ) -> Deferred[Message]:
+        """Publish ``data``: a Payload, or a str (text) or other value (JSON).
+
+        A value no transport could encode (NaN, say) is refused by the broker
+        and counted in ``errors`` like any failed publish.
+        """
         d = self.broker.publish(channel, data, event)
         d.addCallbacks(self._published, self._failed, errbackArgs=(channel,))
         return d
@@ -169,12 +176,15 @@ class Periodic(Source):
         return super().stopService()  # type: ignore[no-any-return]
 
 
-def decode_line(source: Source, line: bytes, as_json: bool) -> tuple[bool, Any]:
-    """Turn one line of a program, file or stream into message data.
+def decode_line(
+    source: Source, line: bytes, as_json: bool
+) -> tuple[bool, Payload | None]:
+    """Turn one line of a program, file or stream into a message's payload.
 
-    Returns ``(True, data)``, or ``(False, None)`` after logging and counting
-    an error: a bad line is skipped, never fatal, so one garbled write does
-    not stop a feed.
+    Returns ``(True, payload)``: the line as text, or with ``as_json`` its
+    JSON value (a JSON string stays JSON, ``"007"`` is not the text ``007``).
+    Or ``(False, None)`` after logging and counting an error: a bad line is
+    skipped, never fatal, so one garbled write does not stop a feed.
     """
     try:
         text = line.decode("utf-8")
@@ -182,10 +192,8 @@ def decode_line(source: Source, line: bytes, as_json: bool) -> tuple[bool, Any]:
         source.errors += 1
         source.log.warn("source {source}: skipped a line that is not UTF-8", source=source.name)
         return False, None
-    if not as_json:
-        return True, text
     try:
-        return True, loads_json(text)
+        return True, parse_json(text) if as_json else text_payload(text)
     except PushdError as e:
         source.errors += 1
         source.log.warn(

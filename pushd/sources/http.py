@@ -34,7 +34,7 @@ from twisted.web.http import PotentialDataLoss
 from pushd.broker.interface import Broker
 from pushd.config import ConfigError
 from pushd.errors import PushdError
-from pushd.model import EVENT_RE, RESERVED_EVENTS, loads_json
+from pushd.model import EVENT_RE, RESERVED_EVENTS, Payload, parse_json
 from pushd.sources.base import Backoff, LineBuffer, Restarting, Settings, decode_line
 
 _LINE_END = re.compile("\r\n|\r|\n")
@@ -261,10 +261,10 @@ class HttpSource(Restarting):
             self.log.warn("source {source}: event name {event!r} cannot be published, "
                           "sent as 'message'", source=self.name, event=event[:80])
             event = "message"
-        value: Any = text
+        value: Payload | str = text
         if self.data_json:
             try:
-                value = loads_json(text)
+                value = parse_json(text)
             except PushdError as e:
                 self.errors += 1
                 self.log.warn("source {source}: skipped an event whose data is not JSON: {why}",

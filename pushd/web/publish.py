@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.web.server import Request
 
 from pushd.errors import PushdError, bad_request
-from pushd.model import check_channel, check_event, loads_json, parse_body
+from pushd.model import Payload, check_channel, check_event, json_payload, loads_json, parse_body
 from pushd.web.common import Context, arg, body, header, json_response
-from pushd.wire import dumps
 
 
 async def publish_one(ctx: Context, request: Request, channel: str) -> bytes:
     check_channel(channel)
     event = check_event(arg(request, "event"))
     limit = ctx.settings.limits.message_size
-    data = parse_body(body(request, limit), header(request, "content-type"))
-    message = await ctx.broker.publish(channel, data, event)
+    payload = parse_body(body(request, limit), header(request, "content-type"))
+    message = await ctx.broker.publish(channel, payload, event)
     return json_response(
         request,
         {
@@ -29,7 +26,9 @@ async def publish_one(ctx: Context, request: Request, channel: str) -> bytes:
     )
 
 
-def _batch_items(raw: bytes, message_size: int) -> list[tuple[str, Any, str]]:
+def _batch_items(raw: bytes, message_size: int) -> list[tuple[str, Payload, str]]:
+    """The items of a batch, each item's data encoded as JSON (a string in a
+    batch is a JSON string: on SSE it goes out as ``data: "abc"``)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -50,14 +49,11 @@ def _batch_items(raw: bytes, message_size: int) -> list[tuple[str, Any, str]]:
             event = check_event(item.get("event"))
         except PushdError as e:
             raise bad_request(e.code, f"{where}: {e.message}") from None
-        if len(_size(item["data"])) > message_size:
+        payload = json_payload(item["data"], checked=True)
+        if len(payload.json) > message_size:
             raise PushdError(413, "too_large", f"{where} is larger than {message_size} bytes")
-        out.append((channel, item["data"], event))
+        out.append((channel, payload, event))
     return out
-
-
-def _size(data: Any) -> bytes:
-    return data.encode() if isinstance(data, str) else dumps(data)
 
 
 async def publish_batch(ctx: Context, request: Request) -> bytes:

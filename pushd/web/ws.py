@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from pushd import compat
 from pushd.errors import PushdError, bad_request
 from pushd.fanout import Group
-from pushd.model import Message, check_channel, check_event, loads_json
+from pushd.model import Message, Payload, check_channel, check_event, json_payload, loads_json
 from pushd.outlet import Outlet
 from pushd.web import access
 from pushd.web.common import Context
@@ -72,7 +72,7 @@ class Unsubscribe:
 @dataclass(frozen=True)
 class Publish:
     channel: str
-    data: Any
+    data: Payload  # a frame's data is a JSON value, a string included
     event: str
 
 
@@ -131,7 +131,7 @@ def parse_command(payload: bytes, is_binary: bool) -> Command:
         return Unsubscribe(channel)
     if "data" not in obj:
         raise _bad_frame("publish needs data")
-    return Publish(channel, obj["data"], check_event(obj.get("event")))
+    return Publish(channel, json_payload(obj["data"], checked=True), check_event(obj.get("event")))
 
 
 def error_object(error: PushdError) -> dict[str, Any]:
@@ -347,7 +347,7 @@ class WsProtocol(WebSocketServerProtocol):
             raise PushdError(404, "not_subscribed", f"not subscribed to {channel}")
         feed.cancel()
 
-    def publish(self, channel: str, data: Any, event: str) -> None:
+    def publish(self, channel: str, data: Payload, event: str) -> None:
         if not self.ctx.settings.websocket.publish:
             raise PushdError(
                 403, "forbidden", "publishing over WebSocket is off ([websocket] publish)"
