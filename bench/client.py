@@ -268,10 +268,17 @@ class Publisher(asyncio.Protocol):
                 if not w.done():
                     w.set_result(None)
 
-    async def answer(self) -> None:
+    def answer(self) -> asyncio.Future[None]:
+        """A future for the next answer, registered now.
+
+        Not a coroutine: ``wait_for(coroutine)`` registers its waiter only
+        once its task first runs, and an answer read in between was missed,
+        which left the publisher waiting out its 30 s timeout after the last
+        answer (and the run's measured window open for as long).
+        """
         fut = asyncio.get_running_loop().create_future()
         self.waiters.append(fut)
-        await fut
+        return fut
 
 
 def plan(spec: dict[str, Any]) -> tuple[list[str], list[str], dict[str, list[int]] | None]:
