@@ -54,6 +54,9 @@ class Stats:
         self.bytes_out = 0
         self.errors: list[str] = []
         self.last_delivery = 0.0
+        # polling kinds: answers to poll / long-poll requests, and how many were 304
+        self.answers = 0
+        self.not_modified = 0
 
 
 STATS = Stats()
@@ -65,6 +68,65 @@ def raise_nofile(want: int) -> int:
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return target
+
+
+def resume_request(
+    path: str, kind: str, resume: str, cursor: str | None, etag: str | None,
+    last_modified: str | None,
+) -> tuple[str, list[str]]:
+    """The path and extra header lines of a poll or long-poll request that resumes.
+
+    ``since`` (pushd): the cursor of the last answer as ``?since=``, and a
+    poll also sends the last ETag back in ``If-None-Match`` (so nothing new
+    is a ``304``). ``etag`` (Nchan): the last answer's ``Etag`` and
+    ``Last-Modified`` go back as ``If-None-Match`` and ``If-Modified-Since``,
+    which is how Nchan's long-poll and interval-poll walk a channel's queue.
+    """
+    lines = []
+    if resume == "etag":
+        if etag is not None:
+            lines.append(f"If-None-Match: {etag}")
+        if last_modified is not None:
+            lines.append(f"If-Modified-Since: {last_modified}")
+        return path, lines
+    if cursor:
+        path += ("&" if "?" in path else "?") + "since=" + cursor
+    if kind == "poll" and etag is not None:
+        lines.append(f"If-None-Match: {etag}")
+    return path, lines
+
+
+def get_request(spec: dict[str, Any], path: str, extra: list[str]) -> bytes:
+    """A subscriber's GET: the server's own headers, ``extra``, a handshake for ``ws``."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {spec['host']}"]
+    lines += spec.get("headers", [])
+    lines += extra
+    if spec["kind"] == "ws":
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines += [
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def poll_delay(spec: dict[str, Any], status: int, polled: bool) -> float:
+    """Seconds before a poll client asks again, after an answer with ``status``.
+
+    The first wait is a random part of the interval, so a thousand clients
+    that connected in one burst poll spread over the interval, not in step.
+    A server whose answer holds one message at most (``one_per_answer``:
+    Nchan's interval-poll) is asked again at once after a ``200``, since
+    more may be waiting; otherwise the next poll comes one interval later.
+    """
+    interval = float(spec["poll_interval"])
+    if not polled:
+        return random.random() * interval
+    if status == 200 and spec.get("one_per_answer"):
+        return 0.0
+    return interval
 
 
 class Subscriber(asyncio.Protocol):
@@ -80,7 +142,16 @@ class Subscriber(asyncio.Protocol):
         self.head_done = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
+        # How a polling client resumes: "since" (pushd: ?since=CURSOR from the
+        # JSON answer, and its ETag back in If-None-Match) or "etag" (Nchan:
+        # the answer's Etag and Last-Modified back as If-None-Match and
+        # If-Modified-Since; the body is the bare message).
+        self.resume = spec.get("resume", "since")
         self.cursor: str | None = None
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.status = 0
+        self.polled = False  # a poll client's first answer came in
         self.body: BodyReader | None = None
         self.closed = False
         # streaming kinds, after the head: (arrival_ns, bytes) per read
@@ -92,19 +163,11 @@ class Subscriber(asyncio.Protocol):
     # -- requests --------------------------------------------------------------
     def request(self) -> bytes:
         path = self.spec["path"].format(ch=self.channel)
-        if self.kind in ("poll", "longpoll") and self.cursor:
-            path += ("&" if "?" in path else "?") + "since=" + self.cursor
-        lines = [f"GET {path} HTTP/1.1", f"Host: {self.spec['host']}"]
-        lines += self.spec.get("headers", [])
-        if self.kind == "ws":
-            key = base64.b64encode(os.urandom(16)).decode()
-            lines += [
-                "Upgrade: websocket",
-                "Connection: Upgrade",
-                f"Sec-WebSocket-Key: {key}",
-                "Sec-WebSocket-Version: 13",
-            ]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+        extra: list[str] = []
+        if self.kind in ("poll", "longpoll"):
+            path, extra = resume_request(path, self.kind, self.resume, self.cursor, self.etag,
+                                         self.last_modified)
+        return get_request(self.spec, path, extra)
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -147,8 +210,8 @@ class Subscriber(asyncio.Protocol):
             head = parse_head(self.buf)
             if head is None:
                 return
-            want = 101 if self.kind == "ws" else 200
-            if head.status != want:
+            want = {101} if self.kind == "ws" else {200, 304} if self.kind == "poll" else {200}
+            if head.status not in want:
                 msg = f"{self.kind} {self.channel}: status {head.status}"
                 STATS.errors.append(msg)
                 if not self.ready.done():
@@ -158,6 +221,10 @@ class Subscriber(asyncio.Protocol):
             self.buf = self.buf[head.size :]
             if self.kind in ("poll", "longpoll"):
                 self.body = BodyReader(head)
+                self.status = head.status
+                # Nchan's 304 repeats the position; pushd's carries its ETag
+                self.etag = head.headers.get("etag", self.etag)
+                self.last_modified = head.headers.get("last-modified", self.last_modified)
             elif not self.ready.done():
                 self.ready.set_result(None)
             if self.kind in ("stream", "ws"):
@@ -193,13 +260,18 @@ class Subscriber(asyncio.Protocol):
         if done is None:
             return
         body, rest = done
-        self._messages(body)
-        try:
-            cursor = json.loads(body).get("cursor")
-        except ValueError:
-            cursor = None
-        if cursor:
-            self.cursor = cursor
+        STATS.answers += 1
+        if self.status == 304:
+            STATS.not_modified += 1
+        elif body:
+            self._messages(body)
+            if self.resume == "since":
+                try:
+                    cursor = json.loads(body).get("cursor")
+                except ValueError:
+                    cursor = None
+                if cursor:
+                    self.cursor = cursor
         self.head_done = False
         self.body = None
         self.buf = rest
@@ -208,9 +280,12 @@ class Subscriber(asyncio.Protocol):
         if self.closed:
             return
         if self.kind == "poll":
-            asyncio.get_running_loop().call_later(self.spec["poll_interval"], self._again)
-        else:
-            self._again()
+            delay = poll_delay(self.spec, self.status, self.polled)
+            self.polled = True
+            if delay:
+                asyncio.get_running_loop().call_later(delay, self._again)
+                return
+        self._again()
 
     def _again(self) -> None:
         if not self.closed:
@@ -268,10 +343,17 @@ class Publisher(asyncio.Protocol):
                 if not w.done():
                     w.set_result(None)
 
-    async def answer(self) -> None:
+    def answer(self) -> asyncio.Future[None]:
+        """A future for the next answer, registered now.
+
+        Not a coroutine: ``wait_for(coroutine)`` registers its waiter only
+        once its task first runs, and an answer read in between was missed,
+        which left the publisher waiting out its 30 s timeout after the last
+        answer (and the run's measured window open for as long).
+        """
         fut = asyncio.get_running_loop().create_future()
         self.waiters.append(fut)
-        await fut
+        return fut
 
 
 def plan(spec: dict[str, Any]) -> tuple[list[str], list[str], dict[str, list[int]] | None]:
@@ -358,7 +440,189 @@ async def publish(spec: dict[str, Any], targets: list[str]) -> Publisher:
     return pub
 
 
+async def publishers(spec: dict[str, Any]) -> dict[str, Any]:
+    """Mode ``publish``: POSTs on several keep-alive connections, one in flight on each.
+
+    Message ``k`` (counted over every process) goes to channel ``k mod
+    len(channels)``, so the channels are published to round-robin; this
+    process sends the messages of its own connections (connection ``c`` of
+    ``publishers`` belongs to process ``c mod shards``) and each connection
+    sends its next POST as soon as the answer to the last one is in, so the
+    server sets the pace. Nobody subscribes.
+    """
+    loop = asyncio.get_running_loop()
+    host, port = spec["host"].split(":")
+    channels = spec["channels"]
+    shard, shards = spec.get("shard", [0, 1])
+    conns = [c for c in range(spec["publishers"]) if c % shards == shard]
+    total = spec["messages"]
+    size = spec.get("size", 100)
+    pubs = [(await loop.create_connection(lambda: Publisher(spec), host, int(port)))[1]
+            for _ in conns]
+    lat = array("q")
+    ends: list[float] = []
+
+    async def run(pub: Publisher, c: int) -> None:
+        for k in range(c, total, spec["publishers"]):
+            t0 = now_ns()
+            pub.post(channels[k % len(channels)], make_body(k + 1, t0 // 1000, size))
+            before = pub.answered
+            while pub.answered == before:
+                await pub.answer()
+            lat.append((now_ns() - t0) // 1000)
+        ends.append(now_ns() // 1000)
+
+    emit({"event": "ready", "subscribers": 0, "connect_s": 0.0, "connect_cpu_s": 0.0})
+    stdin = await stdin_reader()
+    if (await stdin.readline()).strip() != b"go":
+        return {}
+    return await timed(spec, stdin, lambda: asyncio.gather(*(run(p, c) for p, c in zip(
+        pubs, conns, strict=True))), lat, ends, lambda: {
+        "published": sum(p.answered for p in pubs),
+        "publish_failed": sum(p.failed for p in pubs),
+        "expected": sum(len(range(c, total, spec["publishers"])) for c in conns),
+    })
+
+
+class Connector(asyncio.Protocol):
+    """Mode ``connect``: one connection that asks, reads the response head, closes."""
+
+    def __init__(self, request: bytes, want: int) -> None:
+        self.request = request
+        self.want = want
+        self.buf = b""
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self.buf += data
+        head = parse_head(self.buf)
+        if head is not None:
+            assert self.transport is not None
+            self.transport.close()
+            self.done.set_result(head.status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(0)
+
+
+async def connects(spec: dict[str, Any]) -> dict[str, Any]:
+    """Mode ``connect``: ``messages`` connections in turn, ``connect_concurrency`` at once.
+
+    Each one connects, sends the subscribe request (an SSE GET or a
+    WebSocket handshake), waits for the response head (200, or 101 for a
+    WebSocket), and closes: what a reconnect storm costs the server per
+    client, less the messages. Source addresses rotate over ``source_ips``
+    so that tens of thousands of closed connections in TIME_WAIT do not
+    run one address out of ports.
+    """
+    loop = asyncio.get_running_loop()
+    host, port = spec["host"].split(":")
+    shard, shards = spec.get("shard", [0, 1])
+    mine = range(shard, spec["messages"], shards)
+    ips = spec.get("source_ips") or []
+    want = 101 if spec["kind"] == "ws" else 200
+    sem = asyncio.Semaphore(spec.get("connect_concurrency", 50))
+    lat = array("q")
+    ends: list[float] = []
+    counts = {"connected": 0, "connect_failed": 0}
+    path = spec["path"].format(ch=spec["channels"][0])
+
+    async def one(i: int) -> None:
+        proto = Connector(get_request(spec, path, []), want)
+        local = (ips[i % len(ips)], 0) if ips else None
+        async with sem:
+            t0 = now_ns()
+            try:
+                await loop.create_connection(lambda: proto, host, int(port), local_addr=local)
+                status = await asyncio.wait_for(proto.done, 30)
+            except (OSError, TimeoutError) as e:
+                status = 0
+                if len(STATS.errors) < 20:
+                    STATS.errors.append(f"connect: {e!r}")
+            if status == want:
+                counts["connected"] += 1
+                lat.append((now_ns() - t0) // 1000)
+            else:
+                counts["connect_failed"] += 1
+                if status and len(STATS.errors) < 20:
+                    STATS.errors.append(f"connect: status {status}")
+        ends.append(now_ns() // 1000)
+
+    emit({"event": "ready", "subscribers": 0, "connect_s": 0.0, "connect_cpu_s": 0.0})
+    stdin = await stdin_reader()
+    if (await stdin.readline()).strip() != b"go":
+        return {}
+    return await timed(spec, stdin, lambda: asyncio.gather(*(one(i) for i in mine)), lat, ends,
+                       lambda: {**counts, "expected": len(mine)})
+
+
+async def stdin_reader() -> asyncio.StreamReader:
+    """The parent's lines: ``go`` to start, then ``quit`` (or end of input) to exit."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def timed(
+    spec: dict[str, Any], stdin: asyncio.StreamReader, work: Any, lat: array[int],
+    ends: list[float], counts: Any,
+) -> dict[str, Any]:
+    """Run ``work()`` (a request mode's load) and report it as ``done``.
+
+    The span runs from this process's start to its last answer; latency
+    samples (request sent to answer, µs) also go to the latency file, so
+    the parent can take percentiles over every process.
+    """
+    t_start = time.monotonic()
+    c_start = cpu_s()
+    u_start = user_s()
+    start_us = now_ns() // 1000
+    try:
+        await asyncio.wait_for(work(), spec["timeout"])
+    except TimeoutError:
+        STATS.errors.append("timed out")
+    wall = time.monotonic() - t_start
+    cpu = cpu_s() - c_start
+    last = max(ends) if ends else now_ns() // 1000
+    if spec.get("latency_file"):
+        with open(spec["latency_file"], "wb") as f:
+            lat.tofile(f)
+    ordered = sorted(lat)
+    done = {
+        "event": "done",
+        "start_us": start_us,
+        "last_delivery_us": last,
+        "span_s": max(1e-6, (last - start_us) / 1e6),
+        "wall_s": wall,
+        "lat_p50_ms": percentile(ordered, 50) / 1000,
+        "lat_p99_ms": percentile(ordered, 99) / 1000,
+        "lat_max_ms": (ordered[-1] / 1000) if ordered else 0.0,
+        "client_cpu_s": cpu,
+        "client_user_s": user_s() - u_start,
+        "client_util": cpu / wall if wall else 0.0,
+        "errors": STATS.errors[:5],
+        **counts(),
+    }
+    emit(done)
+    await stdin.readline()  # "quit" or EOF
+    return done
+
+
 async def main(spec: dict[str, Any]) -> None:
+    mode = spec.get("mode", "deliver")
+    if mode in ("publish", "connect"):
+        raise_nofile(spec.get("connect_concurrency", 50) + spec.get("publishers", 0) + 100)
+        await (publishers if mode == "publish" else connects)(spec)
+        return
     raise_nofile(len(spec["channels"]) * spec.get("subs_per_channel", 1) + 100)
     subs_channels, targets, expected = plan(spec)
     # With several load-generator processes each holds every n-th subscriber;
@@ -380,6 +644,7 @@ async def main(spec: dict[str, Any]) -> None:
     if line.strip() != b"go":
         return
     STATS.bytes_in = STATS.bytes_out = 0
+    STATS.answers = STATS.not_modified = 0
     # Nothing on the read path makes reference cycles; a collector pass over
     # millions of recorded reads would only stall the reads (and the latency).
     gc.disable()
@@ -396,6 +661,10 @@ async def main(spec: dict[str, Any]) -> None:
         if STATS.seen >= want and (pub_task is None or pub_task.done()):
             break
         await asyncio.sleep(0.02)
+    else:
+        STATS.errors.append(
+            f"timed out: {STATS.seen} of {want} messages seen, publisher "
+            + ("done" if pub_task is None or pub_task.done() else "not done"))
     wall = time.monotonic() - t_start
     cpu = cpu_s() - c_start
     user = user_s() - u_start
@@ -437,6 +706,8 @@ async def main(spec: dict[str, Any]) -> None:
         "lat_max_ms": (lat[-1] / 1000) if lat else 0.0,
         "bytes_in": STATS.bytes_in,
         "bytes_out": STATS.bytes_out,
+        "answers": STATS.answers,
+        "not_modified": STATS.not_modified,
         "client_cpu_s": cpu,
         "client_user_s": user,
         "client_util": cpu / wall if wall else 0.0,

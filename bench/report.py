@@ -165,6 +165,198 @@ def _verdict(mine: float, bound: float | None, unit: str, lower: bool,
     return "; ".join(out) or "n/a"
 
 
+# -- the request path (issue 17) ------------------------------------------------
+
+#: long-poll keeps up when every message arrived and deliveries/s over the
+#: run (publish start to last delivery, so a backlog stretches it) is at
+#: least this share of the offered rate (subscribers times msg/s)
+KEEP_UP = 0.95
+
+# Issue 17's targets: (row, scenario, transport, key, at most this times Nchan's, unit, format);
+# a factor of None is the long-poll "keeps up" target, judged on pushd's own run.
+REQUEST_TARGETS = (
+    ("CPU per `POST /channels/{{ch}}` ({publish_channels:,} channels, no subscribers): "
+     "at most 2× Nchan's", "publish", "publish", "us_per_request", 2.0, "µs", ".1f"),
+    ("long-poll, {longpoll_subs:,} subscribers × {longpoll_rate} msg/s: keeps up "
+     "(no backlog)", "longpoll", "longpoll", "deliveries_per_s", None, "/s", ",.0f"),
+    ("long-poll CPU per delivery: at most 1.5× Nchan's",
+     "longpoll", "longpoll", "us_per_delivery", 1.5, "µs", ".1f"),
+    ("long-poll p99 latency: no higher than Nchan's",
+     "longpoll", "longpoll", "lat_p99_ms", 1.0, "ms", ".1f"),
+    ("CPU per SSE connection ({connects:,} connects): at most 1.5× Nchan's",
+     "connect", "sse", "us_per_request", 1.5, "µs", ".1f"),
+    ("CPU per WebSocket connection ({connects:,} connects): at most 2× Nchan's",
+     "connect", "ws", "us_per_request", 2.0, "µs", ".1f"),
+)
+
+
+def keeps_up(r: dict[str, Any]) -> bool:
+    return bool(r.get("ok")) and r["deliveries_per_s"] >= KEEP_UP * r["offered_per_s"]
+
+
+def request_targets(results: list[dict[str, Any]], counts: dict[str, Any]) -> list[str]:
+    """Issue 17's targets judged from this run, each against Nchan's figure in it.
+
+    Rows pushd has no figure for are left out; a target whose Nchan run is
+    missing is shown but not judged. A run that failed its own check (lost
+    messages, failed requests) is marked in the verdict, whatever the ratio.
+    """
+    lines = [
+        "| target | pushd | Nchan | bare | pushd / Nchan | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for text, scenario, transport, key, factor, unit, fmt in REQUEST_TARGETS:
+        rows = {s: _find(results, scenario, s, transport) for s in ("pushd", "nchan", "bare")}
+        vals = {s: _value(r, key) for s, r in rows.items()}
+        mine = vals["pushd"]
+        if mine is None:
+            continue
+        pushd_r = rows["pushd"]
+        assert pushd_r is not None
+        shown = [_shown(vals[s], unit, fmt) for s in ("pushd", "nchan", "bare")]
+        if factor is None:  # keeps up: its own run, offered rate beside it
+            offered = pushd_r["offered_per_s"]
+            shown = [_shown(v, "", fmt) + (f" of {offered:,.0f}" if v is not None else "")
+                     for v in vals.values()]
+            share = mine / offered if offered else 0.0
+            verdict = "yes" if keeps_up(pushd_r) else f"**no** ({share:.0%} of offered)"
+        elif vals["nchan"] is None:
+            verdict = "n/a (no Nchan figure)"
+        else:
+            bound = factor * vals["nchan"]
+            ok = mine <= bound
+            what = "Nchan's" if factor == 1.0 else f"{factor:g}× Nchan's"
+            verdict = f"≤ {what}: " + ("yes" if ok else "**no**")
+        failed = [s for s in ("pushd", "nchan") if _usable(rows[s]) and not rows[s]["ok"]]
+        if failed:
+            verdict += "; ✗ check failed: " + ", ".join(failed)
+        lines.append(f"| {text.format(**counts)} | " + " | ".join(shown)
+                     + f" | {_ratio(mine, vals['nchan'])} | {verdict} |")
+    return lines
+
+
+def request_flags(r: dict[str, Any]) -> str:
+    """What a request row's reader must know: failed requests, a saturated client."""
+    out = []
+    failed = r.get("publish_failed", r.get("connect_failed", 0))
+    if not r.get("ok"):
+        out.append(f"✗ {r.get('requests')} of {r.get('expected')} answered as asked"
+                   + (f", {failed} failed" if failed else ""))
+    if r.get("client_saturated"):
+        out.append(f"⚠ client saturated ({r['client_util']:.0%})")
+    errors = r.get("errors") or []
+    if errors and not r.get("ok"):
+        out.append(escape(str(errors[0])[:60]))
+    return "; ".join(out)
+
+
+def request_table(results: list[dict[str, Any]], scenario: str, transports: tuple[str, ...],
+                  cols: list[tuple[str, str, str]], ratio_keys: list[tuple[str, str]],
+                  flagger: Any = None) -> list[str]:
+    """One table of a request-path scenario: a row per server (and transport), the
+    figures in ``cols`` and, per ``ratio_keys`` (title, key), pushd's ratio to
+    Nchan's in the same run on pushd's row."""
+    rows = [r for r in results if r.get("scenario") == scenario
+            and r.get("transport") in transports]
+    if not rows:
+        return []
+    flagger = flagger or flags
+    lines = ["| server | " + ("transport | " if len(transports) > 1 else "")
+             + " | ".join(c[0] for c in cols + ratio_keys) + " | notes |",
+             "|---|" + ("---|" if len(transports) > 1 else "")
+             + "---|" * (len(cols) + len(ratio_keys)) + "---|"]
+    for r in rows:
+        first = f"| {r['server']} | " + (f"{r['transport']} | " if len(transports) > 1 else "")
+        n = len(cols) + len(ratio_keys)
+        if r.get("na"):
+            lines.append(first + " | ".join("n/a" for _ in range(n)) + " | not served |")
+            continue
+        if "error" in r:
+            lines.append(first + " | ".join("—" for _ in range(n))
+                         + f" | error: {escape(r['error'][:80])} |")
+            continue
+        vals = [cell(r, key, fmt) for _, key, fmt in cols]
+        nchan_r = _find(results, scenario, "nchan", r["transport"])
+        vals += [ratio(r, nchan_r, key) if r["server"] != "nchan" else "1.00×"
+                 for _, key in ratio_keys]
+        lines.append(first + " | ".join(vals) + f" | {flagger(r)} |")
+    return lines
+
+
+def request_section(results: list[dict[str, Any]], c: dict[str, Any]) -> list[str]:
+    """The request-path rows: what one request costs, side by side with Nchan."""
+    if not any(r.get("scenario") in ("publish", "longpoll", "polling", "connect")
+               for r in results):
+        return []
+    return [
+        "## The request path (issue 17)",
+        "",
+        "What one request costs: the server's CPU (user+sys from `/proc`) divided by the "
+        "requests it answered, Nchan beside it in the same run (its ratio on each row).",
+        "",
+        f"### Publish: `POST` of 100 bytes to {c['publish_channels']:,} channels in turn, "
+        f"no subscribers, {c['publish_conns']} keep-alive connections with one request "
+        f"in flight on each, {c['publish_messages']:,} publishes",
+        "",
+        "Latency is each publish's round trip. A p50 near 40 ms means the answer left "
+        "the server in two segments without `TCP_NODELAY`: Nagle's algorithm holds the "
+        "second until the client's delayed ACK (40 ms on Linux), and with one request in "
+        "flight the connection waits that long per publish (CPU per publish is not "
+        "affected; publishes/s is).",
+        "",
+        *request_table(results, "publish", ("publish",), [
+            ("CPU µs/publish", "us_per_request", ".1f"), ("user", "us_user", ".1f"),
+            ("sys", "us_system", ".1f"), ("publishes/s", "requests_per_s", ",.0f"),
+            ("p50 ms", "lat_p50_ms", ".2f"), ("p99 ms", "lat_p99_ms", ".1f"),
+            ("client CPU", "client_util", ".0%")],
+            [("CPU vs Nchan", "us_per_request")], request_flags),
+        "",
+        f"### Long-poll: {c['longpoll_subs']:,} subscribers on one channel, "
+        f"{c['longpoll_messages']:,} messages at {c['longpoll_rate']} msg/s",
+        "",
+        "Each subscriber asks again with its cursor after every answer (pushd: "
+        "`?since=`; Nchan: the answer's `Etag` and `Last-Modified` as `If-None-Match` "
+        "and `If-Modified-Since`, one message per answer). Offered is subscribers × rate; "
+        "a server that falls behind delivers less per second than offered and its "
+        "latency grows. Requests counts the answers.",
+        "",
+        *request_table(results, "longpoll", ("longpoll",), [
+            ("CPU µs/delivery", "us_per_delivery", ".1f"),
+            ("deliveries/s", "deliveries_per_s", ",.0f"),
+            ("offered/s", "offered_per_s", ",.0f"), ("requests", "answers", ",d"),
+            ("p50 ms", "lat_p50_ms", ".1f"), ("p99 ms", "lat_p99_ms", ".1f"),
+            ("max ms", "lat_max_ms", ".1f"), ("client CPU", "client_util", ".0%")],
+            [("CPU vs Nchan", "us_per_delivery"), ("p99 vs Nchan", "lat_p99_ms")]),
+        "",
+        f"### Polling: {c['poll_clients']:,} clients, each polling every {c['poll_every']:g} s "
+        f"with `If-None-Match`; {c['poll_messages']} messages at {c['poll_rate']:g} msg/s",
+        "",
+        "CPU per poll request counts every answer, 304s included. An Nchan interval-poll "
+        "answer holds one message at most, so its clients ask again at once after a 200 "
+        "(one more request, usually a 304, per message); pushd's answer holds everything "
+        "new. Latency is publish to the poll that brought the message.",
+        "",
+        *request_table(results, "polling", ("poll",), [
+            ("CPU µs/poll", "us_per_request", ".1f"), ("polls/s", "requests_per_s", ",.0f"),
+            ("304s", "share_304", ".0%"), ("CPU µs/delivery", "us_per_delivery", ".1f"),
+            ("p50 ms", "lat_p50_ms", ".0f"), ("p99 ms", "lat_p99_ms", ".0f")],
+            [("CPU/poll vs Nchan", "us_per_request")]),
+        "",
+        f"### Connection setup: {c['connects']:,} connections, {c['connect_concurrency']} at "
+        "a time: connect, subscribe, read the response head (SSE) or handshake (WebSocket), "
+        "close",
+        "",
+        "Latency is connect to the whole response head.",
+        "",
+        *request_table(results, "connect", ("sse", "ws"), [
+            ("CPU µs/connection", "us_per_request", ".1f"), ("user", "us_user", ".1f"),
+            ("sys", "us_system", ".1f"), ("connections/s", "requests_per_s", ",.0f"),
+            ("p99 ms", "lat_p99_ms", ".1f"), ("client CPU", "client_util", ".0%")],
+            [("CPU vs Nchan", "us_per_request")], request_flags),
+        "",
+    ]
+
+
 def table(results: list[dict[str, Any]], scenario: str, cols: list[tuple[str, str, str]]
           ) -> list[str]:
     rows = [r for r in results if r.get("scenario") == scenario]
@@ -262,6 +454,22 @@ def chart(results: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _request_targets_part(results: list[dict[str, Any]], c: dict[str, Any]) -> list[str]:
+    lines = request_targets(results, c)
+    if len(lines) <= 2:
+        return []
+    return [
+        "### Request-path targets (issue 17)",
+        "",
+        "Against Nchan in this run. Long-poll keeps up when every message arrived and "
+        f"deliveries/s, from the first publish to the last delivery, reach {KEEP_UP:.0%} of "
+        "the offered rate.",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def write_report(out: Path, name: str, meta: dict[str, Any],
                  results: list[dict[str, Any]]) -> Path:
     c = meta["counts"]
@@ -308,6 +516,7 @@ def write_report(out: Path, name: str, meta: dict[str, Any],
         "",
         *targets(results, c),
         "",
+        *_request_targets_part(results, c),
         f"## Fan-out: {c['fanout_subs']} subscribers, one channel, {c['fanout_messages']} "
         f"messages at {c['fanout_rate']} msg/s",
         "",
@@ -368,6 +577,7 @@ def write_report(out: Path, name: str, meta: dict[str, Any],
             ("connect all s", "connect_s", ".2f"), ("p99 ms", "lat_p99_ms", ".1f")]),
         "",
     ]
+    md += request_section(results, c)
     path = out / f"{name}.md"
     path.write_text("\n".join(md))
     return path

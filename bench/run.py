@@ -4,6 +4,10 @@ Each measurement starts the server fresh, starts one load-generator process
 (:mod:`bench.client`), reads the server's CPU time (``/proc/PID/stat``,
 nginx's worker included) just before publishing and just after the last
 delivery, and its RSS before and after the subscribers connect.
+
+The request-path rows (``publish``, ``longpoll``, ``polling``, ``connect``)
+divide that CPU by what one request costs instead: a publish, a delivery
+or a poll answered, a connection set up and closed.
 """
 
 from __future__ import annotations
@@ -50,6 +54,26 @@ class Counts:
     # 2,000 publishes measured under a second of CPU at pushd's rate: /proc's
     # 10 ms ticks and the first publishes' warm-up made the figure move by 30%
     channel_messages: int = 10000
+    # -- the request path (issue 17) --
+    # POST /channels/{ch}, no subscribers, channels round-robin, one request in
+    # flight on each keep-alive connection
+    publish_messages: int = 30000
+    publish_channels: int = 10000
+    publish_conns: int = 8
+    # long-poll: each subscriber asks again with its cursor after every answer
+    longpoll_subs: int = 1000
+    longpoll_rate: int = 20
+    longpoll_messages: int = 200
+    # interval polling with If-None-Match. At one message per poll interval
+    # nearly every poll finds exactly one new message and the 304 path hardly
+    # runs; at half that rate about half the polls are 304s.
+    poll_clients: int = 1000
+    poll_every: float = 1.0
+    poll_rate: float = 0.5
+    poll_messages: int = 10
+    # connection setup: connect, response head (or handshake), close
+    connects: int = 10000
+    connect_concurrency: int = 50
 
 
 QUICK = Counts(
@@ -57,7 +81,12 @@ QUICK = Counts(
     scale_conns=1000,
     trickle_messages=5, trickle_rate=5, cost_messages=20, cost_rate=10,
     poll_interval=0.5, channels=1000, channel_messages=500,
+    publish_messages=3000, publish_channels=1000, publish_conns=8,
+    longpoll_subs=200, longpoll_rate=20, longpoll_messages=60,
+    poll_clients=200, poll_every=1.0, poll_rate=0.5, poll_messages=4,
+    connects=1000, connect_concurrency=50,
 )
+SCENARIOS = "fanout,scale,cost,channels,publish,longpoll,polling,connect"
 
 
 def log(msg: str) -> None:
@@ -82,41 +111,14 @@ def _readline(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     raise RuntimeError("load generator gave no answer")
 
 
-def measure(
-    server: Server,
-    transport: str,
-    *,
-    channels: list[str],
-    subs_per_channel: int,
-    messages: int,
-    rate: float,
-    timeout: float,
-    poll_interval: float = 1.0,
-    pipeline: int = 4,
-    clients: int | None = None,
-) -> dict[str, Any]:
-    """One load-generator run against a started server; the numbers of both sides."""
-    path = server.paths[transport]
-    spec = {
-        "host": f"127.0.0.1:{server.port}",
-        "kind": path["kind"],
-        "path": path["path"],
-        "headers": path.get("headers", []),
-        "publish_path": server.publish_path,
-        "channels": channels,
-        "subs_per_channel": subs_per_channel,
-        "messages": messages,
-        "rate": rate,
-        "pipeline": pipeline,
-        "size": 100,
-        "timeout": timeout,
-        "poll_interval": poll_interval,
-        "connect_concurrency": 100,
-        "source_ips": [f"127.0.0.{i}" for i in range(1, 9)],
-    }
-    n = len(channels) * subs_per_channel
-    if clients is None:
-        clients = 2 if n >= 1000 else 1
+def _drive(server: Server, spec: dict[str, Any], clients: int, settle: float = 0.0
+           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], procstat.Cpu, int, int]:
+    """Start ``clients`` load generators on ``spec``, wait until all are ready, say go.
+
+    Returns their ``ready`` and ``done`` lines, the server's CPU between go
+    and ``settle`` seconds after the last ``done``, and its RSS before and
+    after they got ready.
+    """
     rss0 = procstat.rss_kb(server.pid)
     procs = []
     try:
@@ -143,7 +145,8 @@ def measure(
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        dones = [_readline(proc, timeout + 60) for proc in procs]
+        dones = [_readline(proc, spec["timeout"] + 60) for proc in procs]
+        time.sleep(settle)
         cpu1 = procstat.cpu(server.pid)
         for proc in procs:
             assert proc.stdin is not None
@@ -156,10 +159,52 @@ def measure(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    return readies, dones, cpu1 - cpu0, rss0, rss1
+
+
+def _spec(server: Server, transport: str, **kw: Any) -> dict[str, Any]:
+    path = server.paths.get(transport, {"kind": transport, "path": ""})  # "publish"
+    return {
+        "host": f"127.0.0.1:{server.port}",
+        "kind": path["kind"],
+        "path": path["path"],
+        "headers": path.get("headers", []),
+        "resume": path.get("resume", "since"),
+        "one_per_answer": path.get("one_per_answer", False),
+        "publish_path": server.publish_path,
+        "size": 100,
+        "source_ips": [f"127.0.0.{i}" for i in range(1, 9)],
+        **kw,
+    }
+
+
+def measure(
+    server: Server,
+    transport: str,
+    *,
+    channels: list[str],
+    subs_per_channel: int,
+    messages: int,
+    rate: float,
+    timeout: float,
+    poll_interval: float = 1.0,
+    pipeline: int = 4,
+    clients: int | None = None,
+) -> dict[str, Any]:
+    """One load-generator run against a started server; the numbers of both sides."""
+    spec = _spec(
+        server, transport, channels=channels, subs_per_channel=subs_per_channel,
+        messages=messages, rate=rate, pipeline=pipeline, timeout=timeout,
+        poll_interval=poll_interval, connect_concurrency=100,
+    )
+    n = len(channels) * subs_per_channel
+    if clients is None:
+        clients = 2 if n >= 1000 else 1
+    readies, dones, cpu, rss0, rss1 = _drive(server, spec, clients)
     done = merge(dones, [server.dir / f"latency-{i}.bin" for i in range(clients)])
     ready = {"connect_s": max(r["connect_s"] for r in readies)}
-    cpu = cpu1 - cpu0
     delivered = max(1, done["delivered"])
+    answers = max(1, done.get("answers", 0))
     out = dict(done)
     out.update(
         server=server.name,
@@ -169,6 +214,11 @@ def measure(
         us_per_delivery=cpu.total / delivered * 1e6,
         us_user=cpu.user / delivered * 1e6,
         us_system=cpu.system / delivered * 1e6,
+        # polling kinds: per request answered (304s included) and the 304s' share
+        us_per_request=cpu.total / answers * 1e6,
+        requests_per_s=done.get("answers", 0) / max(1e-6, done["wall_s"]),
+        share_304=done.get("not_modified", 0) / answers,
+        offered_per_s=n * rate,
         bytes_per_delivery=(done["bytes_in"] + done["bytes_out"]) / delivered,
         rss_before_kb=rss0,
         rss_after_kb=rss1,
@@ -179,9 +229,74 @@ def measure(
     return out
 
 
+def measure_requests(
+    server: Server, transport: str, *, mode: str, channels: list[str], requests: int,
+    timeout: float, publishers: int = 8, concurrency: int = 50, clients: int = 2,
+) -> dict[str, Any]:
+    """A request-cost run: ``publish`` (POSTs, one in flight per connection) or
+    ``connect`` (connect, response head, close); CPU per request is the figure.
+
+    ``transport`` names the subscribe path a ``connect`` run opens (``sse``,
+    ``ws``); a ``publish`` run uses the server's publish path.
+    """
+    spec = _spec(
+        server, transport, mode=mode, channels=channels, messages=requests,
+        publishers=publishers, connect_concurrency=concurrency, timeout=timeout,
+    )
+    # a connect run's last connections are still being closed on the server
+    # side when the client is done: their teardown belongs to the figure
+    _, dones, cpu, _, _ = _drive(server, spec, clients, 0.5 if mode == "connect" else 0.0)
+    done = merge_requests(dones, [server.dir / f"latency-{i}.bin" for i in range(clients)])
+    count = done["published"] if mode == "publish" else done["connected"]
+    failed = done["publish_failed"] if mode == "publish" else done["connect_failed"]
+    n = max(1, count)
+    out = dict(done)
+    out.update(
+        server=server.name,
+        transport=transport,
+        requests=count,
+        server_cpu_s=cpu.total,
+        us_per_request=cpu.total / n * 1e6,
+        us_user=cpu.user / n * 1e6,
+        us_system=cpu.system / n * 1e6,
+        requests_per_s=count / done["span_s"],
+        client_saturated=done["client_util"] > CLIENT_SATURATED,
+        ok=failed == 0 and count == done["expected"],
+    )
+    return out
+
+
+def merge_requests(dones: list[dict[str, Any]], latency_files: list[Path]) -> dict[str, Any]:
+    """One result from a request mode's processes: counts add up, the span runs
+    from the earliest start to the last answer anywhere, latency percentiles
+    come from every process's samples together."""
+    out = dict(dones[0])
+    for key in ("expected", "published", "publish_failed", "connected", "connect_failed",
+                "client_cpu_s", "client_user_s"):
+        if key in out:
+            out[key] = sum(d.get(key, 0) for d in dones)
+    lat = array("q")
+    for path in latency_files:
+        if path.exists():
+            with open(path, "rb") as f:
+                lat.frombytes(f.read())
+    samples = sorted(lat)
+    out["lat_p50_ms"] = percentile(samples, 50) / 1000
+    out["lat_p99_ms"] = percentile(samples, 99) / 1000
+    out["lat_max_ms"] = samples[-1] / 1000 if samples else 0.0
+    start = min(d["start_us"] for d in dones)
+    out["span_s"] = max(1e-6, (max(d["last_delivery_us"] for d in dones) - start) / 1e6)
+    out["wall_s"] = max(d["wall_s"] for d in dones)
+    out["client_util"] = max(d["client_util"] for d in dones)
+    out["client_processes"] = len(dones)
+    out["errors"] = [e for d in dones for e in d["errors"]][:5]
+    return out
+
+
 SUMMED = (
     "subscribers", "expected", "delivered", "received", "bad_subscribers", "duplicates",
     "gaps", "out_of_order", "missing", "bytes_in", "bytes_out", "client_cpu_s", "client_user_s",
+    "answers", "not_modified",
 )
 
 
@@ -198,7 +313,7 @@ def merge(dones: list[dict[str, Any]], latency_files: list[Path]) -> dict[str, A
         return first
     out = dict(first)
     for key in SUMMED:
-        out[key] = sum(d[key] for d in dones)
+        out[key] = sum(d.get(key, 0) for d in dones)
     lat = array("q")
     for path in latency_files:
         with open(path, "rb") as f:
@@ -253,6 +368,30 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
                 f"p99 {r['lat_p99_ms']:.1f} ms, ok={r['ok']}, client {r['client_util']:.0%}"
             )
 
+    def run_requests(scenario: str, name: str, transport: str, **kw: Any) -> None:
+        cls = SERVERS[name]
+        served = cls.publish_path if transport == "publish" else transport in cls.paths
+        if not served:
+            results.append({"scenario": scenario, "server": name, "transport": transport,
+                            "na": True})
+            return
+        log(f"{scenario}: {name} {transport}")
+        server = fresh(name)
+        try:
+            r = measure_requests(server, transport, **kw)
+        except Exception as e:
+            log(f"  failed: {e}")
+            r = {"server": name, "transport": transport, "error": str(e)}
+        finally:
+            server.cleanup()
+        r["scenario"] = scenario
+        results.append(r)
+        if "error" not in r:
+            log(
+                f"  {r['us_per_request']:.1f} us/request, {r['requests_per_s']:.0f}/s, "
+                f"p99 {r['lat_p99_ms']:.1f} ms, ok={r['ok']}, client {r['client_util']:.0%}"
+            )
+
     c = counts
     if "fanout" in only:
         for name in servers:
@@ -292,6 +431,30 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
             chans = [channel(f"k{i}-") for i in range(c.channels)]
             run("channels", name, "sse", channels=chans, subs_per_channel=1,
                 messages=c.channel_messages, rate=0, timeout=120)
+    if "publish" in only:
+        for name in servers:
+            chans = [channel(f"p{i}-") for i in range(c.publish_channels)]
+            run_requests("publish", name, "publish", mode="publish", channels=chans,
+                         requests=c.publish_messages, publishers=c.publish_conns,
+                         timeout=300)
+    if "longpoll" in only:
+        for name in servers:
+            run("longpoll", name, "longpoll", channels=[channel("l")],
+                subs_per_channel=c.longpoll_subs, messages=c.longpoll_messages,
+                # a server that falls behind gets time to drain its backlog, so the
+                # row shows its real rate rather than a timeout
+                rate=c.longpoll_rate, timeout=c.longpoll_messages / c.longpoll_rate + 120)
+    if "polling" in only:
+        for name in servers:
+            run("polling", name, "poll", channels=[channel("i")],
+                subs_per_channel=c.poll_clients, messages=c.poll_messages, rate=c.poll_rate,
+                timeout=c.poll_messages / c.poll_rate + 30, poll_interval=c.poll_every)
+    if "connect" in only:
+        for t in ("sse", "ws"):
+            for name in servers:
+                run_requests("connect", name, t, mode="connect", channels=[channel("n")],
+                             requests=c.connects, concurrency=c.connect_concurrency,
+                             timeout=300)
     return results
 
 
@@ -325,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     p.add_argument("--servers", default="pushd,nchan,node,bare")
-    p.add_argument("--scenarios", default="fanout,scale,cost,channels")
+    p.add_argument("--scenarios", default=SCENARIOS)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--pushd-src", default=None,
                    help="run the pushd package found in this directory (before/after runs)")

@@ -156,6 +156,10 @@ class Nchan(Server):
         "sse": {"kind": "stream", "path": "/sub?id={ch}", "headers": ["Accept: text/event-stream"]},
         "stream": {"kind": "stream", "path": "/sub?id={ch}", "headers": ["TE: chunked"]},
         "ws": {"kind": "ws", "path": "/sub?id={ch}"},
+        # resumed with the last answer's Etag and Last-Modified; one message per answer
+        "longpoll": {"kind": "longpoll", "path": "/lp?id={ch}", "resume": "etag"},
+        "poll": {"kind": "poll", "path": "/ip?id={ch}", "resume": "etag",
+                 "one_per_answer": True},
     }
 
     def command(self) -> list[str]:
@@ -193,6 +197,21 @@ http {{
       nchan_subscriber;
       nchan_channel_id $arg_id;
       nchan_subscriber_first_message newest;
+      nchan_message_buffer_length 1000;
+    }}
+    location = /lp {{
+      nchan_subscriber longpoll;
+      nchan_channel_id $arg_id;
+      nchan_subscriber_first_message newest;
+      nchan_message_buffer_length 1000;
+    }}
+    # Interval-poll answers 304 at once when nothing is new. A first poll
+    # without If-None-Match starts at the oldest buffered message: with
+    # "newest" every such poll would wait for a later one and never get it.
+    location = /ip {{
+      nchan_subscriber intervalpoll;
+      nchan_channel_id $arg_id;
+      nchan_subscriber_first_message oldest;
       nchan_message_buffer_length 1000;
     }}
   }}
