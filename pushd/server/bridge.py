@@ -28,6 +28,12 @@ from pushd.server.protocol import HttpConnection, HttpRequest
 class PushdRequest(Request):
     """A twisted.web request served over :class:`Channel`."""
 
+    def render(self, resrc: Any) -> None:
+        # No "Server: TwistedWeb/<version>": the hot routes (pushd.server.exchange)
+        # send none either, and a version string only helps an attacker.
+        self.responseHeaders.removeHeader(b"server")
+        super().render(resrc)
+
     def connectionLost(self, reason: Any) -> None:
         # twisted.web's channel hears the end itself; ours is told by the connection
         if not self.finished:

@@ -14,15 +14,16 @@ from typing import Any, Callable
 from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from pushd.errors import PushdError
 from pushd.heartbeat import Heartbeat
-from pushd.server import HttpServer, WebBridge
+from pushd.server import HttpConnection, HttpRequest, HttpServer, WebBridge
+from pushd.server.exchange import Exchange
 from pushd.web import longpoll, pages, poll, publish, sse, stream, ws
 from pushd.web.common import Context, error_response, json_response
-from pushd.web.origins import CorsResource, HostPolicy, OriginPolicy
+from pushd.web.origins import CorsResource, HostPolicy, OriginPolicy, guard
 from pushd.web.render import Answer, answer
 from pushd.web.routes import ROUTES, Route, Router
 
@@ -39,6 +40,10 @@ class PushdApp:
         self.ws_factory = ws.WsFactory(ctx, self.origins)
         self.extra_routes: dict[str, Any] = {}
         self.app = self._klein()
+        self.router = Router(ROUTES)
+        self.hot: dict[Route, Callable[..., Any]] = {
+            route: getattr(self, route.handler) for route in ROUTES if route.hot
+        }
 
     def _klein(self) -> Klein:
         """The Klein app of :data:`~pushd.web.routes.ROUTES`: Klein routes,
@@ -152,10 +157,41 @@ class PushdApp:
         return limits.message_size
 
     def site(self) -> HttpServer:
-        """The daemon's HTTP server over this app's resources."""
-        return HttpServer(
+        """The daemon's HTTP server: hot routes answered by :meth:`hook`, the
+        rest through twisted.web and Klein (:class:`~pushd.server.WebBridge`)."""
+        server = HttpServer(
             WebBridge(self.resource()), self.ctx.clock, self.ctx.settings.http, self.body_limit
         )
+        server.hook = self.hook
+        return server
+
+    def hook(self, conn: HttpConnection, parsed: HttpRequest) -> bool | Exchange:
+        """The table's hot routes, answered without building a twisted.web Request.
+
+        The same match (:class:`~pushd.web.routes.Router`), the same checks
+        (:func:`~pushd.web.origins.guard`), handler and renderer as through
+        :class:`Dispatch`, over an :class:`~pushd.server.exchange.Exchange`:
+        False leaves the request to twisted.web; True once it is answered (or
+        its connection taken over); the exchange when it is answered later.
+        """
+        found = self.router.match(parsed.method, parsed.path)
+        if found is None:
+            return False
+        route, kwargs = found
+        request = Exchange(conn, parsed)
+        try:
+            body = guard(request, self.origins, self.hosts)
+            if body is None:
+                body = answer(request, self.hot[route], kwargs)
+        except Exception:
+            request.processingFailed(Failure())
+            return True
+        if body is NOT_DONE_YET:
+            if request.finished or conn.wrappedProtocol is not None:
+                return True
+            return request
+        request.respond(body)  # type: ignore[arg-type]
+        return True
 
     def stop(self) -> None:
         self.sse_heartbeat.stop()
@@ -178,10 +214,8 @@ class Dispatch(Resource):
     def __init__(self, app: PushdApp, inner: Resource) -> None:
         super().__init__()
         self.inner = inner
-        self.router = Router(ROUTES)
-        self.handlers: dict[Route, Callable[..., Any]] = {
-            route: getattr(app, route.handler) for route in ROUTES if route.hot
-        }
+        self.router = app.router
+        self.handlers = app.hot
 
     def render(self, request: Request) -> bytes | int:
         path = request.path

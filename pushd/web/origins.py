@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.web.resource import Resource
@@ -108,9 +109,47 @@ PREFLIGHT_HEADERS = b"Content-Type, Last-Event-ID, If-None-Match"
 METHODS = b"GET, POST, DELETE, OPTIONS"
 
 
+def guard(request: Any, policy: OriginPolicy, hosts: HostPolicy) -> bytes | None:
+    """What every request passes before its route: the ``Host`` check, CORS
+    headers for a listed origin, and preflights. The answer when the request
+    ends here (refused, or a preflight answered), else None."""
+    proxied = any(request.getHeader(name) is not None for name in PROXY_HEADERS)
+    if not hosts.allows(_peer_host(request), header(request, "host"), proxied):
+        return error_response(
+            request,
+            PushdError(
+                403,
+                "forbidden",
+                "this Host is not a loopback name; list it in allowed_hosts "
+                "(DNS rebinding protection)",
+            ),
+        )
+    origin = header(request, "origin")
+    if origin is None:
+        listed = False
+    else:
+        listed = policy.listed_origin(origin)
+        if listed:
+            value = b"*" if policy.any else origin.encode("latin-1")
+            request.setHeader(b"Access-Control-Allow-Origin", value)
+            request.setHeader(b"Vary", b"Origin")
+            request.setHeader(b"Access-Control-Expose-Headers", b"ETag")
+    if request.method == b"OPTIONS":
+        if not listed:
+            return error_response(
+                request,
+                PushdError(403, "forbidden_origin", "this origin is not in allowed_origins"),
+            )
+        request.setResponseCode(204)
+        request.setHeader(b"Access-Control-Allow-Methods", METHODS)
+        request.setHeader(b"Access-Control-Allow-Headers", PREFLIGHT_HEADERS)
+        request.setHeader(b"Access-Control-Max-Age", b"600")
+        return b""
+    return None
+
+
 class CorsResource(Resource):
-    """Refuses rebound ``Host`` names, adds CORS headers for listed origins,
-    answers preflights, then defers to ``inner``."""
+    """:func:`guard`, then ``inner``."""
 
     isLeaf = True
 
@@ -123,35 +162,7 @@ class CorsResource(Resource):
         self.hosts = hosts or HostPolicy([])
 
     def render(self, request: Request) -> bytes | int:
-        headers = request.requestHeaders
-        proxied = any(headers.hasHeader(name) for name in PROXY_HEADERS)
-        if not self.hosts.allows(_peer_host(request), header(request, "host"), proxied):
-            return error_response(
-                request,
-                PushdError(
-                    403,
-                    "forbidden",
-                    "this Host is not a loopback name; list it in allowed_hosts "
-                    "(DNS rebinding protection)",
-                ),
-            )
-        origin = header(request, "origin")
-        listed = origin is not None and self.policy.listed_origin(origin)
-        if listed:
-            assert origin is not None
-            value = b"*" if self.policy.any else origin.encode("latin-1")
-            request.setHeader(b"Access-Control-Allow-Origin", value)
-            request.setHeader(b"Vary", b"Origin")
-            request.setHeader(b"Access-Control-Expose-Headers", b"ETag")
-        if request.method == b"OPTIONS":
-            if not listed:
-                return error_response(
-                    request,
-                    PushdError(403, "forbidden_origin", "this origin is not in allowed_origins"),
-                )
-            request.setResponseCode(204)
-            request.setHeader(b"Access-Control-Allow-Methods", METHODS)
-            request.setHeader(b"Access-Control-Allow-Headers", PREFLIGHT_HEADERS)
-            request.setHeader(b"Access-Control-Max-Age", b"600")
-            return b""
+        answer = guard(request, self.policy, self.hosts)
+        if answer is not None:
+            return answer
         return self.inner.render(request)  # type: ignore[no-any-return]

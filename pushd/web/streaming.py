@@ -75,6 +75,9 @@ def take_over(request: Request, protocol: Protocol) -> Any:
     transport, so nothing it still holds can write; with no reference left
     to it, it and the request are freed.
     """
+    take = getattr(request, "take_over", None)
+    if take is not None:  # pushd's own server, without twisted.web (Exchange)
+        return take(protocol)
     channel = request.channel
     if isinstance(channel, Channel):
         channel.flush_head()
