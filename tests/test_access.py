@@ -87,3 +87,31 @@ async def test_streams_join_their_group_once_live_and_lose_nothing_at_the_seam(
     events = parse_sse(b"".join(dechunk(split_response(raw.data)[2])[0]).decode())
     assert [e["data"] for e in events if "retry" not in e] == [str(i) for i in range(1, 7)]
     raw.close()
+
+
+def refuse_publishing(who: object, action: str, channel: str) -> None:
+    if action == "publish" and channel.startswith("secret"):
+        raise PushdError(403, "forbidden", f"not allowed to publish to {channel}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_client_publish_passes_the_hook_and_a_refusal_stores_nothing(
+    start_daemon: Any, connect: Any  # noqa: F811
+) -> None:
+    running = start_daemon(lambda s: setattr(s.websocket, "publish", True))
+    running.daemon.context.authorize = refuse_publishing
+    one = await treq.post(running.url + "/channels/secret", data=b"x")
+    assert one.code == 403 and (await one.json())["error"] == "forbidden"
+    batch = await treq.post(
+        running.url + "/publish", json=[{"channel": "open", "data": 1},
+                                        {"channel": "secret", "data": 2}],
+    )
+    assert batch.code == 403 and (await batch.json())["error"] == "forbidden"
+    client = await connect(running)
+    client.send({"type": "publish", "channel": "secret", "data": 3})
+    frame = await client.next()
+    assert frame["type"] == "error" and frame["code"] == "forbidden"
+    assert running.broker.channel_count() == 0  # the batch was all or nothing
+    ok = await treq.post(running.url + "/channels/open", data=b"y")
+    assert ok.code == 201
+    await ok.content()

@@ -120,17 +120,17 @@ async def test_a_broker_that_answers_later_gets_its_answer_written_then(running:
     """A broker may answer a publish later (over the network): the answer waits."""
     pending: list[Deferred[Message]] = []
 
-    def publish(channel: str, data: Any, event: str = "message") -> Deferred[Message]:
+    def publish(items: Any) -> Deferred[list[Message]]:
         pending.append(Deferred())
         asked.callback(None)
         return pending[-1]
 
-    running.broker.publish = publish
+    running.broker.publish_many = publish  # every client publish's one path
     asked: Deferred[None] = Deferred()
     conn = await RawHTTP.open(running.port, request("POST", "/channels/later", b"x"))
     await asked
     assert conn.data == b""  # no answer before the broker's
-    pending[0].callback(Message("e-7", 7, "later", "message", "x", 0))
+    pending[0].callback([Message("e-7", 7, "later", "message", "x", 0)])
     data = await conn.contains(b'"id":"e-7"')
     status, headers, body = split_response(data)
     assert status == b"HTTP/1.1 201 Created"
@@ -151,8 +151,8 @@ async def test_a_broker_that_answers_later_gets_its_answer_written_then(running:
     await asked
     conn3.abort()
     await conn3.until(lambda _: conn3.ended)
-    pending[2].callback(Message("e-9", 9, "later", "message", "x", 0))
-    del running.broker.publish
+    pending[2].callback([Message("e-9", 9, "later", "message", "x", 0)])
+    del running.broker.publish_many
     ok = await answer(running.port, request("POST", "/channels/later", b"y"))
     assert ok[0] == b"HTTP/1.1 201 Created"
     conn.close()

@@ -89,8 +89,8 @@ class Exchange:
     """One request and its answer on an :class:`~pushd.server.protocol.HttpConnection`."""
 
     __slots__ = (
-        "_args", "_finish_waiters", "_headers", "_out", "_parsed", "_wire", "chunked", "code",
-        "conn", "content", "finished", "method", "path", "prepath", "startedWriting", "uri",
+        "_args", "_finish_waiters", "_headers", "_index", "_out", "_parsed", "_wire", "chunked",
+        "code", "conn", "content", "finished", "method", "path", "prepath", "startedWriting", "uri",
     )
 
     def __init__(self, conn: HttpConnection, parsed: HttpRequest) -> None:
@@ -105,6 +105,7 @@ class Exchange:
         self._out: list[tuple[bytes, bytes]] = []
         self._args: dict[bytes, list[bytes]] | None = None
         self._headers: RequestHeaders | None = None
+        self._index: dict[bytes, bytes] | None = None
         self._finish_waiters: list[Deferred[None]] | None = None
         self._wire: _Wire | None = None
         self.startedWriting = False
@@ -126,11 +127,14 @@ class Exchange:
         return self._headers
 
     def getHeader(self, name: bytes | str) -> bytes | None:
-        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
-        found = None
-        for header, value in self._parsed.headers:
-            if len(header) == len(key) and header.lower() == key:
-                found = value
+        """The last value of header ``name`` (any case), or None."""
+        index = self._index
+        if index is None:  # made once, on the first look
+            index = self._index = {n.lower(): v for n, v in self._parsed.headers}
+        key = name.encode("latin-1") if isinstance(name, str) else name
+        found = index.get(key)
+        if found is None and not key.islower():
+            found = index.get(key.lower())
         return found
 
     def getClientAddress(self) -> Any:

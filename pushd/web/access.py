@@ -1,4 +1,4 @@
-"""The one way every transport reads a channel.
+"""The one way every transport reads a channel, and every client publishes.
 
 Poll, long-poll, NDJSON stream, SSE and WebSocket subscriptions all pass
 here, in the same order: the channel name is checked, the authorization hook
@@ -15,12 +15,12 @@ so nothing is lost or doubled at the seam.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
 
 from pushd.broker.interface import Page, Subscriber, Subscription
-from pushd.model import Message, check_channel
+from pushd.model import Message, Payload, check_channel
 from pushd.web.common import Context, join_group
 
 
@@ -56,6 +56,16 @@ def allow(ctx: Context, who: object, action: str, channel: str) -> str:
     check_channel(channel)
     ctx.authorize(who, action, channel)
     return channel
+
+
+def publish(
+    ctx: Context, who: object, items: Sequence[tuple[str, Payload, str]]
+) -> Deferred[list[Message]]:
+    """Every client publish (HTTP one, HTTP batch, WebSocket frame): each
+    channel checked and allowed (:func:`allow`), then stored all or nothing."""
+    for channel, _, _ in items:
+        allow(ctx, who, "publish", channel)
+    return ctx.broker.publish_many(items)
 
 
 def read(

@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from pushd.errors import PushdError, bad_request
-from pushd.model import Payload, check_channel, check_event, json_payload, loads_json, parse_body
+from pushd.model import (
+    Message,
+    Payload,
+    check_channel,
+    check_event,
+    json_payload,
+    loads_json,
+    parse_body,
+)
+from pushd.web import access
 from pushd.web.common import Context, arg, body, header, json_response
 
 
-async def publish_one(ctx: Context, request: Request, channel: str) -> bytes:
+def publish_one(ctx: Context, request: Request, channel: str) -> Deferred[bytes]:
     check_channel(channel)
     event = check_event(arg(request, "event"))
     limit = ctx.settings.limits.message_size
     payload = parse_body(body(request, limit), header(request, "content-type"))
-    message = await ctx.broker.publish(channel, payload, event)
-    return json_response(
-        request,
-        {
-            "id": message.id,
-            "channel": channel,
-            "subscribers": ctx.broker.subscribers(channel),
-        },
-        201,
+    # Callbacks, not a coroutine: at thousands of publishes a second the
+    # coroutine's machinery was a tenth of the request's cost.
+    d = access.publish(ctx, request, [(channel, payload, event)])
+    return d.addCallback(_published, ctx, request, channel)
+
+
+def _published(messages: list[Message], ctx: Context, request: Request, channel: str) -> bytes:
+    body = b'{"id":"%s","channel":"%s","subscribers":%d}' % (
+        messages[0].id.encode(), channel.encode(), ctx.broker.subscribers(channel),
     )
+    return json_response(request, body, 201)
 
 
 def _batch_items(raw: bytes, message_size: int) -> list[tuple[str, Payload, str]]:
@@ -59,7 +70,7 @@ def _batch_items(raw: bytes, message_size: int) -> list[tuple[str, Payload, str]
 async def publish_batch(ctx: Context, request: Request) -> bytes:
     limits = ctx.settings.limits
     items = _batch_items(body(request, limits.batch_size), limits.message_size)
-    messages = await ctx.broker.publish_many(items)
+    messages = await access.publish(ctx, request, items)
     return json_response(
         request,
         {"messages": [{"id": m.id, "channel": m.channel} for m in messages]},

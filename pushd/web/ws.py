@@ -352,7 +352,7 @@ class WsProtocol(WebSocketServerProtocol):
             raise PushdError(
                 403, "forbidden", "publishing over WebSocket is off ([websocket] publish)"
             )
-        d: Deferred[Message] = self.ctx.broker.publish(channel, data, event)
+        d = access.publish(self.ctx, self, [(channel, data, event)])
         d.addErrback(self._publish_failed)
 
     def _publish_failed(self, failure: Failure) -> None:
