@@ -26,7 +26,7 @@ import uuid
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench import procstat
 from bench.proto import percentile
@@ -345,32 +345,11 @@ def channel(tag: str) -> str:
 def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
 
-    def run(scenario: str, name: str, transport: str, **kw: Any) -> None:
-        cls = SERVERS[name]
-        if transport not in cls.paths:
-            results.append({"scenario": scenario, "server": name, "transport": transport,
-                            "na": True})
-            return
-        log(f"{scenario}: {name} {transport}")
-        server = fresh(name)
-        try:
-            r = measure(server, transport, **kw)
-        except Exception as e:
-            log(f"  failed: {e}")
-            r = {"server": name, "transport": transport, "error": str(e)}
-        finally:
-            server.cleanup()
-        r["scenario"] = scenario
-        results.append(r)
-        if "error" not in r:
-            log(
-                f"  {r['us_per_delivery']:.1f} us/delivery, {r['deliveries_per_s']:.0f}/s, "
-                f"p99 {r['lat_p99_ms']:.1f} ms, ok={r['ok']}, client {r['client_util']:.0%}"
-            )
-
-    def run_requests(scenario: str, name: str, transport: str, **kw: Any) -> None:
-        cls = SERVERS[name]
-        served = cls.publish_path if transport == "publish" else transport in cls.paths
+    def attempt(
+        scenario: str, name: str, transport: str, served: bool,
+        how: Callable[..., dict[str, Any]], unit: str, **kw: Any,
+    ) -> None:
+        """Measure one row on a fresh server, or note why it has no figures."""
         if not served:
             results.append({"scenario": scenario, "server": name, "transport": transport,
                             "na": True})
@@ -378,7 +357,7 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
         log(f"{scenario}: {name} {transport}")
         server = fresh(name)
         try:
-            r = measure_requests(server, transport, **kw)
+            r = how(server, transport, **kw)
         except Exception as e:
             log(f"  failed: {e}")
             r = {"server": name, "transport": transport, "error": str(e)}
@@ -387,10 +366,20 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
         r["scenario"] = scenario
         results.append(r)
         if "error" not in r:
+            per = "delivery" if unit == "deliveries" else "request"
             log(
-                f"  {r['us_per_request']:.1f} us/request, {r['requests_per_s']:.0f}/s, "
+                f"  {r[f'us_per_{per}']:.1f} us/{per}, {r[f'{unit}_per_s']:.0f}/s, "
                 f"p99 {r['lat_p99_ms']:.1f} ms, ok={r['ok']}, client {r['client_util']:.0%}"
             )
+
+    def run(scenario: str, name: str, transport: str, **kw: Any) -> None:
+        served = transport in SERVERS[name].paths
+        attempt(scenario, name, transport, served, measure, "deliveries", **kw)
+
+    def run_requests(scenario: str, name: str, transport: str, **kw: Any) -> None:
+        cls = SERVERS[name]
+        served = cls.publish_path if transport == "publish" else transport in cls.paths
+        attempt(scenario, name, transport, bool(served), measure_requests, "requests", **kw)
 
     c = counts
     if "fanout" in only:
