@@ -15,10 +15,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
+from pushd.broker.interface import Page
 from pushd.model import Message
 from pushd.web import access
 from pushd.web.common import Context, arg, json_response, number_arg
 from pushd.wire import poll_body, poll_page
+
+LONGPOLL = "longpoll"  # Message.encoded key: the answer that carries just this message
 
 
 class Waiter:
@@ -53,7 +56,11 @@ class Waiter:
 
     def deliver(self, message: Message) -> None:
         self.ctx.registry.deliveries[self.name] += 1
-        self._answer(poll_body([message], message.id))
+        # every waiter of the channel answers the same bytes: made once
+        body = message.encoded.get(LONGPOLL)
+        if body is None:
+            body = message.encoded[LONGPOLL] = poll_body([message], message.id)
+        self._answer(body)
 
     def reset(self, channel: str, cursor: str | None) -> None:
         self.ctx.registry.resets[self.name] += 1
@@ -85,15 +92,24 @@ class Waiter:
         return True
 
 
-async def longpoll(ctx: Context, request: Request, channel: str) -> bytes:
+def longpoll(ctx: Context, request: Request, channel: str) -> Deferred[bytes]:
     since = arg(request, "since") or None
     settings = ctx.settings.longpoll
     timeout = number_arg(request, "timeout", settings.timeout, 0, settings.max_timeout)
     limit = ctx.settings.poll.max_limit
     request.setHeader(b"Cache-Control", b"no-cache")
     # Without a cursor a long-poll waits for the next message: ask only for
-    # the current position, not for history.
-    page = await access.read(ctx, request, channel, since, limit if since else 0)
+    # the current position, not for history. Callbacks rather than a
+    # coroutine: a thousand clients re-poll after every message.
+    d = access.read(ctx, request, channel, since, limit if since else 0)
+    return d.addCallback(_read, ctx, request, channel, timeout)
+
+
+def _read(
+    page: Page, ctx: Context, request: Request, channel: str, timeout: float
+) -> bytes | Deferred[bytes]:
+    """Answer at once, or hold: the request's Deferred then waits on the waiter's
+    (a client that leaves cancels it, and the waiter's canceller unsubscribes)."""
     if page.reset:
         ctx.registry.resets["longpoll"] += 1
         return json_response(request, poll_body([], page.cursor, reset=True))
@@ -108,4 +124,4 @@ async def longpoll(ctx: Context, request: Request, channel: str) -> bytes:
         ctx, request, channel, page.cursor,
         lambda: Waiter(ctx, request, channel, page.cursor).hold(timeout),
     )
-    return await waiter.answer
+    return waiter.answer
