@@ -21,7 +21,7 @@ from pushd.errors import PushdError
 from pushd.heartbeat import Heartbeat
 from pushd.server import HttpConnection, HttpRequest, HttpServer, WebBridge
 from pushd.server.exchange import Exchange
-from pushd.web import longpoll, pages, poll, publish, sse, stream, ws
+from pushd.web import longpoll, ndjson, pages, poll, publish, sse, ws
 from pushd.web.common import Context, error_response, json_response
 from pushd.web.origins import CorsResource, HostPolicy, OriginPolicy, guard
 from pushd.web.render import Answer, answer
@@ -103,7 +103,7 @@ class PushdApp:
         return longpoll.longpoll(self.ctx, request, channel)
 
     def stream(self, request: Request, channel: str) -> Any:
-        return stream.stream(self.ctx, request, channel, self.stream_heartbeat)
+        return ndjson.stream(self.ctx, request, channel, self.stream_heartbeat)
 
     def events(self, request: Request, channel: str) -> Any:
         return sse.events(self.ctx, request, channel, self.sse_heartbeat)

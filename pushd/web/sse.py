@@ -16,7 +16,7 @@ from twisted.web.server import Request
 from pushd.heartbeat import Heartbeat
 from pushd.web import access
 from pushd.web.common import Context, arg, header
-from pushd.web.streaming import TAKEN_OVER, Streamer
+from pushd.web.streamer import TAKEN_OVER, Streamer
 from pushd.wire import sse_closed, sse_reset, sse_retry
 
 

@@ -17,7 +17,7 @@ from pushd.heartbeat import Heartbeat
 from pushd.model import Message
 from pushd.web import access
 from pushd.web.common import Context, arg, header
-from pushd.web.streaming import TAKEN_OVER, Streamer
+from pushd.web.streamer import TAKEN_OVER, Streamer
 from pushd.wire import closed_object, dumps, encode, reset_object
 
 
