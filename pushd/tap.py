@@ -31,7 +31,7 @@ from pushd.registry import Registry
 from pushd.server import HttpServer, WebBridge
 from pushd.systemd import Notifier
 from pushd.web.app import PushdApp
-from pushd.web.common import Context
+from pushd.web.context import Context
 
 log = Logger()
 

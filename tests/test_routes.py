@@ -189,7 +189,7 @@ def test_klein_serves_every_route_of_the_table() -> None:
     from pushd.config import Settings
     from pushd.registry import Registry
     from pushd.web.app import PushdApp
-    from pushd.web.common import Context
+    from pushd.web.context import Context
 
     clock = Clock()
     app = PushdApp(Context(MemoryBroker(clock), Settings(), clock, Registry()))

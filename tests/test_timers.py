@@ -14,7 +14,7 @@ from pushd.broker.memory import MemoryBroker
 from pushd.config import Settings
 from pushd.registry import Registry
 from pushd.web.app import PushdApp
-from pushd.web.common import Context
+from pushd.web.context import Context
 
 check = SynchronousTestCase()
 

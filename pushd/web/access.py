@@ -20,8 +20,9 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 from twisted.internet.defer import Deferred
 
 from pushd.broker.interface import Page, Subscriber, Subscription
+from pushd.fanout import Group, Member
 from pushd.model import Message, Payload, check_channel
-from pushd.web.common import Context, join_group
+from pushd.web.context import Context
 
 
 class Reader(Subscriber, Protocol):
@@ -107,3 +108,41 @@ def _live(ctx: Context, reader: Reader, sub: Subscription) -> None:
     group = join_group(ctx, (sub.channel, fmt), frame, sub, reader, reader.name)
     if group is not None:
         reader.joined(group)
+
+
+def join_group(
+    ctx: Context,
+    key: tuple[str, str],
+    frame: Callable[[Message], bytes],
+    subscription: Any,
+    member: Member,
+    transport: str,
+) -> Group | None:
+    """Put ``member`` in the group of ``key`` (channel, wire format); the group, or None.
+
+    The group is made, with its broker watch, on first use. ``subscription``
+    (the member's own, just past its replay) hands its delivery over to the
+    group's watch; when it cannot (not at the same message), the member
+    stays on its own subscription and None is returned.
+    """
+    group = ctx.groups.get(key)
+    if group is None:
+        group = Group(frame, ctx.flusher, lambda g: _dissolve(ctx, key, g),
+                      ctx.registry.deliveries, transport)
+        group.subscription = ctx.broker.watch(key[0], group)
+        ctx.groups[key] = group
+    if subscription.hand_over(group.subscription):
+        group.join(member)
+        return group
+    if not group.members:
+        _dissolve(ctx, key, group)
+    return None
+
+
+def _dissolve(ctx: Context, key: tuple[str, str], group: Group) -> None:
+    """A group with no members left stops watching its channel."""
+    if ctx.groups.get(key) is group:
+        del ctx.groups[key]
+    if group.subscription is not None:
+        group.subscription.cancel()
+        group.subscription = None

@@ -22,9 +22,10 @@ from pushd.heartbeat import Heartbeat
 from pushd.server import HttpConnection, HttpRequest, HttpServer, WebBridge
 from pushd.server.exchange import Exchange
 from pushd.web import longpoll, ndjson, pages, poll, publish, sse, ws
-from pushd.web.common import Context, error_response, json_response
+from pushd.web.context import Context
 from pushd.web.origins import CorsResource, HostPolicy, OriginPolicy, guard
 from pushd.web.render import Answer, answer
+from pushd.web.request import error_response, json_response
 from pushd.web.routes import ROUTES, Route, Router
 
 

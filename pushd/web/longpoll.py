@@ -18,7 +18,8 @@ from twisted.web.server import Request
 from pushd.broker.interface import Page
 from pushd.model import Message
 from pushd.web import access
-from pushd.web.common import Context, arg, json_response, number_arg
+from pushd.web.context import Context
+from pushd.web.request import arg, json_response, number_arg
 from pushd.wire import poll_body, poll_page
 
 LONGPOLL = "longpoll"  # Message.encoded key: the answer that carries just this message

@@ -16,7 +16,8 @@ from twisted.web.server import Request
 from pushd.heartbeat import Heartbeat
 from pushd.model import Message
 from pushd.web import access
-from pushd.web.common import Context, arg, header
+from pushd.web.context import Context
+from pushd.web.request import arg, header
 from pushd.web.streamer import TAKEN_OVER, Streamer
 from pushd.wire import closed_object, dumps, encode, reset_object
 

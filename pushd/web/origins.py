@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pushd.errors import PushdError
-from pushd.web.common import error_response, header
+from pushd.web.request import error_response, header
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 

@@ -21,7 +21,8 @@ from importlib import resources
 from twisted.web.iweb import IRequest
 
 from pushd.errors import PushdError
-from pushd.web.common import Context, header
+from pushd.web.context import Context
+from pushd.web.request import header
 
 JS = b"text/javascript; charset=utf-8"
 TYPES = {

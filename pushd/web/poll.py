@@ -14,7 +14,8 @@ from __future__ import annotations
 from twisted.web.server import Request
 
 from pushd.web import access
-from pushd.web.common import Context, arg, header, json_response, number_arg
+from pushd.web.context import Context
+from pushd.web.request import arg, header, json_response, number_arg
 from pushd.wire import poll_body, poll_page
 
 

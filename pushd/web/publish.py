@@ -16,7 +16,8 @@ from pushd.model import (
     parse_body,
 )
 from pushd.web import access
-from pushd.web.common import Context, arg, body, header, json_response
+from pushd.web.context import Context
+from pushd.web.request import arg, body, header, json_response
 
 
 def publish_one(ctx: Context, request: Request, channel: str) -> Deferred[bytes]:

@@ -26,7 +26,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from pushd.errors import PushdError
-from pushd.web.common import error_response
+from pushd.web.request import error_response
 
 
 def error(request: IRequest, e: PushdError) -> bytes:

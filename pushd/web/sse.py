@@ -15,7 +15,8 @@ from twisted.web.server import Request
 
 from pushd.heartbeat import Heartbeat
 from pushd.web import access
-from pushd.web.common import Context, arg, header
+from pushd.web.context import Context
+from pushd.web.request import arg, header
 from pushd.web.streamer import TAKEN_OVER, Streamer
 from pushd.wire import sse_closed, sse_reset, sse_retry
 

@@ -41,7 +41,7 @@ from pushd.heartbeat import Heartbeat
 from pushd.model import Message
 from pushd.outlet import Outlet
 from pushd.server.bridge import Channel
-from pushd.web.common import Context
+from pushd.web.context import Context
 from pushd.wire import chunk, encode
 
 LAST_CHUNK = b"0\r\n\r\n"

@@ -42,7 +42,7 @@ from pushd.fanout import Group
 from pushd.model import Message, Payload, check_channel, check_event, json_payload, loads_json
 from pushd.outlet import Outlet
 from pushd.web import access
-from pushd.web.common import Context
+from pushd.web.context import Context
 from pushd.web.origins import OriginPolicy
 from pushd.wire import closed_object, dumps, encode, reset_object
 
