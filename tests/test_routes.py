@@ -196,3 +196,26 @@ def test_klein_serves_every_route_of_the_table() -> None:
     rules = {(rule.rule, frozenset(rule.methods or ()) - {"HEAD", "OPTIONS"})
              for rule in app.app.url_map.iter_rules()}
     assert rules == {(route.path, frozenset(route.methods)) for route in ROUTES}
+
+
+def test_query_arguments_read_as_twisted_reads_them() -> None:
+    from urllib.parse import parse_qs
+
+    from pushd.server.exchange import _query
+
+    for query in [b"since=ep-1&timeout=5", b"a=1&a=2&b=", b"x", b"a=%20b&c=d+e", b"&&a=1&",
+                  b"since=ab-12;x=1", b"a%3D=%26"]:
+        assert _query(query) == parse_qs(query, keep_blank_values=True), query
+    # parse_qs of bytes fails on escaped UTF-8; a channel's event name may not
+    # hold it, but the answer must be a 400 naming it, not a crash
+    assert _query(b"event=caf%C3%A9") == {b"event": ["café".encode()]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_escaped_utf8_query_is_a_json_400_on_a_hot_route(running: Any) -> None:
+    status, headers, body = await answer(
+        running.port, request("POST", "/channels/news?event=caf%C3%A9", b"x")
+    )
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert body["error"] == "bad_event"
+    assert running.broker.channel_count() == 0

@@ -56,6 +56,22 @@ def _answer(method: Callable[..., T]) -> Callable[..., Deferred[T]]:
     return wrapper
 
 
+def _after(history: deque[Message], after: int) -> list[Message]:
+    """The messages of ``history`` (in seq order) after position ``after``.
+
+    Read from the newest end: a client resuming is usually a few messages
+    behind, and scanning the whole history per long-poll was most of a
+    long-poll's cost at 1,000 clients.
+    """
+    out = []
+    for message in reversed(history):
+        if message.seq <= after:
+            break
+        out.append(message)
+    out.reverse()
+    return out
+
+
 class _Channel:
     __slots__ = ("floor", "history", "last_id", "last_seq", "listed", "name")
 
@@ -202,7 +218,7 @@ class MemoryBroker(Service):
             self.stats.resets += 1
             sub.start(after=ch.last_seq, reset=True, reset_cursor=ch.last_id)
         else:
-            sub.start([m for m in ch.history if m.seq > after], after=after)
+            sub.start(_after(ch.history, after), after=after)
 
     def watch(self, channel: str, subscriber: Subscriber) -> LocalSubscription:
         """Live messages of ``channel`` from now on, for a fan-out group.
@@ -226,7 +242,7 @@ class MemoryBroker(Service):
             self.stats.resets += 1
             return Page([], ch.last_id if ch else None, reset=True)
         assert ch is not None
-        messages = [m for m in ch.history if m.seq > after][:limit]
+        messages = _after(ch.history, after)[:limit]
         return Page(messages, messages[-1].id if messages else since)
 
     @_answer

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
@@ -50,6 +50,23 @@ class _Dates:
             cls.second = whole
             cls.value = datetimeToString(whole)
         return cls.value
+
+
+def _query(query: bytes) -> dict[bytes, list[bytes]]:
+    """``parse_qs(query, keep_blank_values=True)`` as twisted.web's ``args``
+    has it, without its cost (a tenth of a long-poll's) and without its
+    failure on percent-escaped UTF-8 (``parse_qs`` of bytes goes through ASCII)."""
+    args: dict[bytes, list[bytes]] = {}
+    escaped = b"%" in query or b"+" in query
+    for pair in query.split(b"&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition(b"=")
+        if escaped:
+            name = unquote_to_bytes(name.replace(b"+", b" "))
+            value = unquote_to_bytes(value.replace(b"+", b" "))
+        args.setdefault(name, []).append(value)
+    return args
 
 
 class RequestHeaders:
@@ -115,9 +132,10 @@ class Exchange:
     # -- the request ---------------------------------------------------------
     @property
     def args(self) -> dict[bytes, list[bytes]]:
+        """The query's arguments, as twisted.web's ``Request.args`` has them."""
         if self._args is None:
             _, _, query = self.uri.partition(b"?")
-            self._args = parse_qs(query, keep_blank_values=True) if query else {}
+            self._args = _query(query) if query else {}
         return self._args
 
     @property
