@@ -155,6 +155,11 @@ class Exchange:
             found = index.get(key.lower())
         return found
 
+    @property
+    def peer_host(self) -> str:
+        """The client's address as text, as the connection recorded it."""
+        return self.conn.peer_host
+
     def getClientAddress(self) -> Any:
         return self.conn.transport.getPeer()
 

@@ -92,15 +92,27 @@ class HostPolicy:
 
     def __init__(self, allowed: list[str]) -> None:
         self.allowed = {_host_name(h) for h in allowed}
+        self._seen: dict[str, bool] = {}
 
     def allows(self, peer: str, host: str | None, proxied: bool) -> bool:
         if host is None or proxied or not is_loopback(peer):
             return True
-        name = _host_name(host)
-        return name == "localhost" or is_loopback(name) or name in self.allowed
+        known = self._seen.get(host)
+        if known is None:  # a daemon sees few Host values: judge each once
+            if len(self._seen) >= 1024:
+                self._seen.clear()
+            name = _host_name(host)
+            known = self._seen[host] = (
+                name == "localhost" or is_loopback(name) or name in self.allowed
+            )
+        return known
 
 
-def _peer_host(request: Request) -> str:
+def _peer_host(request: Any) -> str:
+    # pushd's own server knows it already (Exchange.peer_host); twisted.web asks
+    known = getattr(request, "peer_host", None)
+    if known is not None:
+        return known  # type: ignore[no-any-return]
     address = request.getClientAddress()
     return str(getattr(address, "host", ""))
 
