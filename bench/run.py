@@ -275,6 +275,18 @@ def merge_requests(dones: list[dict[str, Any]], latency_files: list[Path]) -> di
                 "client_cpu_s", "client_user_s"):
         if key in out:
             out[key] = sum(d.get(key, 0) for d in dones)
+    _latencies(out, latency_files)
+    start = min(d["start_us"] for d in dones)
+    out["span_s"] = max(1e-6, (max(d["last_delivery_us"] for d in dones) - start) / 1e6)
+    out["wall_s"] = max(d["wall_s"] for d in dones)
+    out["client_util"] = max(d["client_util"] for d in dones)
+    out["client_processes"] = len(dones)
+    out["errors"] = [e for d in dones for e in d["errors"]][:5]
+    return out
+
+
+def _latencies(out: dict[str, Any], latency_files: list[Path]) -> None:
+    """p50, p99 and max latency over every load-generator process's samples."""
     lat = array("q")
     for path in latency_files:
         if path.exists():
@@ -284,13 +296,6 @@ def merge_requests(dones: list[dict[str, Any]], latency_files: list[Path]) -> di
     out["lat_p50_ms"] = percentile(samples, 50) / 1000
     out["lat_p99_ms"] = percentile(samples, 99) / 1000
     out["lat_max_ms"] = samples[-1] / 1000 if samples else 0.0
-    start = min(d["start_us"] for d in dones)
-    out["span_s"] = max(1e-6, (max(d["last_delivery_us"] for d in dones) - start) / 1e6)
-    out["wall_s"] = max(d["wall_s"] for d in dones)
-    out["client_util"] = max(d["client_util"] for d in dones)
-    out["client_processes"] = len(dones)
-    out["errors"] = [e for d in dones for e in d["errors"]][:5]
-    return out
 
 
 SUMMED = (
@@ -314,14 +319,7 @@ def merge(dones: list[dict[str, Any]], latency_files: list[Path]) -> dict[str, A
     out = dict(first)
     for key in SUMMED:
         out[key] = sum(d.get(key, 0) for d in dones)
-    lat = array("q")
-    for path in latency_files:
-        with open(path, "rb") as f:
-            lat.frombytes(f.read())
-    samples = sorted(lat)
-    out["lat_p50_ms"] = percentile(samples, 50) / 1000
-    out["lat_p99_ms"] = percentile(samples, 99) / 1000
-    out["lat_max_ms"] = samples[-1] / 1000 if samples else 0.0
+    _latencies(out, latency_files)
     last = max(d["last_delivery_us"] for d in dones)
     out["span_s"] = max(1e-6, (last - first["start_us"]) / 1e6)
     out["deliveries_per_s"] = out["delivered"] / out["span_s"]
