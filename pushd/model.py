@@ -205,6 +205,7 @@ def _make_dumps() -> Callable[[Any], str]:
 
 
 _dumps = _make_dumps()
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring  # as _dumps does a str
 
 
 class Payload:
@@ -240,7 +241,10 @@ class Payload:
 
 def text_payload(text: str) -> Payload:
     """A text body (a PushdError 400 for a lone surrogate, which UTF-8 cannot hold)."""
-    return Payload(_encode(text), text)
+    try:  # a str is a JSON string: the encoder's own C function for one, directly
+        return Payload(_encode_string(text).encode("utf-8"), text)
+    except UnicodeEncodeError:
+        raise bad_request("bad_json", "not encodable as JSON: a lone surrogate") from None
 
 
 def parse_json(text: str) -> Payload:

@@ -146,6 +146,14 @@ class MemoryBroker(Service):
 
     @_answer
     def publish_many(self, items: Sequence[tuple[str, Payload | Any, str]]) -> list[Message]:
+        if len(items) == 1:  # most publishes: no sets or lists to build
+            (channel, data, event), = items
+            check_channel(channel)
+            payload = as_payload(data)
+            event = check_event(event)
+            if self.max_channels and channel not in self._channels:
+                self._check_room({channel})
+            return [self._publish(channel, payload, event)]
         checked = [(check_channel(c), as_payload(d), check_event(e)) for c, d, e in items]
         self._check_room({c for c, _, _ in checked})
         return [self._publish(c, p, e) for c, p, e in checked]
@@ -179,12 +187,14 @@ class MemoryBroker(Service):
             self._list(ch)
         while len(history) > self.size:
             self._drop_oldest(ch)
-        self._expire(ch, now)
+        if history and history[0].time < int((now - self.ttl) * 1000):  # _expire's test, inlined
+            self._expire(ch, now)
         if self.bytes > self.max_bytes:
             self._evict()
         self.stats.published += 1
         self.hub.fanout(message)
-        self._maybe_free(ch)
+        if not history:  # size 0, or expired at once: nothing keeps it
+            self._maybe_free(ch)
         return message
 
     # -- reading ---------------------------------------------------------

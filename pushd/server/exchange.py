@@ -69,6 +69,18 @@ def _query(query: bytes) -> dict[bytes, list[bytes]]:
     return args
 
 
+_KEYS: dict[bytes | str, bytes] = {}
+
+
+def _key(name: bytes | str) -> bytes:
+    """A header name as the parsed request's index has it (lower-case bytes);
+    remembered, as handlers ask for the same few names again and again."""
+    key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+    if len(_KEYS) < 256:
+        _KEYS[name] = key
+    return key
+
+
 class RequestHeaders:
     """The request's headers, read-only, as twisted.web's ``Headers`` reads them."""
 
@@ -106,8 +118,8 @@ class Exchange:
     """One request and its answer on an :class:`~pushd.server.protocol.HttpConnection`."""
 
     __slots__ = (
-        "_args", "_finish_waiters", "_headers", "_index", "_out", "_parsed", "_wire", "chunked",
-        "code", "conn", "content", "finished", "method", "path", "prepath", "startedWriting", "uri",
+        "_args", "_content", "_finish_waiters", "_headers", "_out", "_parsed", "_wire", "body",
+        "chunked", "code", "conn", "finished", "method", "path", "prepath", "startedWriting", "uri",
     )
 
     def __init__(self, conn: HttpConnection, parsed: HttpRequest) -> None:
@@ -117,12 +129,12 @@ class Exchange:
         self.uri = parsed.url
         self.path = parsed.path
         self.prepath: list[bytes] = []  # served at the root of the server
-        self.content = BytesIO(parsed.body)
+        self.body = parsed.body  # what pushd.web.request.body reads, without a file
+        self._content: BytesIO | None = None
         self.code = 200
         self._out: list[tuple[bytes, bytes]] = []
         self._args: dict[bytes, list[bytes]] | None = None
         self._headers: RequestHeaders | None = None
-        self._index: dict[bytes, bytes] | None = None
         self._finish_waiters: list[Deferred[None]] | None = None
         self._wire: _Wire | None = None
         self.startedWriting = False
@@ -139,6 +151,13 @@ class Exchange:
         return self._args
 
     @property
+    def content(self) -> BytesIO:
+        """The body as twisted.web has it, a file (made on first use)."""
+        if self._content is None:
+            self._content = BytesIO(self.body)
+        return self._content
+
+    @property
     def requestHeaders(self) -> RequestHeaders:
         if self._headers is None:
             self._headers = RequestHeaders(self._parsed.headers)
@@ -146,14 +165,10 @@ class Exchange:
 
     def getHeader(self, name: bytes | str) -> bytes | None:
         """The last value of header ``name`` (any case), or None."""
-        index = self._index
-        if index is None:  # made once, on the first look
-            index = self._index = {n.lower(): v for n, v in self._parsed.headers}
-        key = name.encode("latin-1") if isinstance(name, str) else name
-        found = index.get(key)
-        if found is None and not key.islower():
-            found = index.get(key.lower())
-        return found
+        key = _KEYS.get(name)
+        if key is None:
+            key = _key(name)
+        return self._parsed.index.get(key)
 
     @property
     def peer_host(self) -> str:

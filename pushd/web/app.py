@@ -24,7 +24,7 @@ from pushd.server.exchange import Exchange
 from pushd.web import longpoll, ndjson, pages, poll, publish, sse, ws
 from pushd.web.context import Context
 from pushd.web.origins import CorsResource, HostPolicy, OriginPolicy, guard
-from pushd.web.render import Answer, answer
+from pushd.web.render import Answer, answer, error, render
 from pushd.web.request import error_response, json_response
 from pushd.web.routes import ROUTES, Route, Router
 
@@ -182,8 +182,12 @@ class PushdApp:
         request = Exchange(conn, parsed)
         try:
             body = guard(request, self.origins, self.hosts)
-            if body is None:
-                body = answer(request, self.hot[route], kwargs)
+            if body is None:  # render.answer, inlined: this runs per request
+                try:
+                    result = self.hot[route](request, **kwargs)
+                    body = result if type(result) is bytes else render(request, result)
+                except PushdError as e:
+                    body = error(request, e)
         except Exception:
             request.processingFailed(Failure())
             return True

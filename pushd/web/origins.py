@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pushd.errors import PushdError
-from pushd.web.request import error_response, header
+from pushd.web.request import error_response
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -54,6 +54,7 @@ class OriginPolicy:
         return self.listed_origin(origin) or self.same_origin(origin, host)
 
 
+# Headers a proxy names the real client in (read by guard below)
 PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
 
 
@@ -92,16 +93,17 @@ class HostPolicy:
 
     def __init__(self, allowed: list[str]) -> None:
         self.allowed = {_host_name(h) for h in allowed}
-        self._seen: dict[str, bool] = {}
+        self._seen: dict[bytes | str, bool] = {}
 
-    def allows(self, peer: str, host: str | None, proxied: bool) -> bool:
+    def allows(self, peer: str, host: bytes | str | None, proxied: bool) -> bool:
         if host is None or proxied or not is_loopback(peer):
             return True
         known = self._seen.get(host)
         if known is None:  # a daemon sees few Host values: judge each once
             if len(self._seen) >= 1024:
                 self._seen.clear()
-            name = _host_name(host)
+            text = host.decode("latin-1") if isinstance(host, bytes) else host
+            name = _host_name(text)
             known = self._seen[host] = (
                 name == "localhost" or is_loopback(name) or name in self.allowed
             )
@@ -125,8 +127,13 @@ def guard(request: Any, policy: OriginPolicy, hosts: HostPolicy) -> bytes | None
     """What every request passes before its route: the ``Host`` check, CORS
     headers for a listed origin, and preflights. The answer when the request
     ends here (refused, or a preflight answered), else None."""
-    proxied = any(request.getHeader(name) is not None for name in PROXY_HEADERS)
-    if not hosts.allows(_peer_host(request), header(request, "host"), proxied):
+    get = request.getHeader
+    proxied = (
+        get(b"forwarded") is not None
+        or get(b"x-forwarded-for") is not None
+        or get(b"x-real-ip") is not None
+    )
+    if not hosts.allows(_peer_host(request), get(b"host"), proxied):
         return error_response(
             request,
             PushdError(
@@ -136,10 +143,11 @@ def guard(request: Any, policy: OriginPolicy, hosts: HostPolicy) -> bytes | None
                 "(DNS rebinding protection)",
             ),
         )
-    origin = header(request, "origin")
-    if origin is None:
+    raw_origin = get(b"origin")
+    if raw_origin is None:
         listed = False
     else:
+        origin = raw_origin.decode("latin-1")
         listed = policy.listed_origin(origin)
         if listed:
             value = b"*" if policy.any else origin.encode("latin-1")

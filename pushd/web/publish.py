@@ -17,6 +17,7 @@ from pushd.model import (
 )
 from pushd.web import access
 from pushd.web.context import Context
+from pushd.web.render import then
 from pushd.web.request import arg, body, header, json_response
 
 
@@ -28,7 +29,7 @@ def publish_one(ctx: Context, request: Request, channel: str) -> Deferred[bytes]
     # Callbacks, not a coroutine: at thousands of publishes a second the
     # coroutine's machinery was a tenth of the request's cost.
     d = access.publish(ctx, request, [(channel, payload, event)])
-    return d.addCallback(_published, ctx, request, channel)
+    return then(d, _published, ctx, request, channel)
 
 
 def _published(messages: list[Message], ctx: Context, request: Request, channel: str) -> bytes:

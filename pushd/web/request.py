@@ -68,6 +68,11 @@ def header(request: IRequest, name: str) -> str | None:
 
 def body(request: Request, limit: int) -> bytes:
     """The request body, or 413 when it was (or is) larger than ``limit``."""
+    raw = getattr(request, "body", None)  # pushd's own server has it as bytes
+    if type(raw) is bytes:
+        if len(raw) > limit:
+            raise PushdError(413, "too_large", f"the body is larger than {limit} bytes")
+        return raw
     content = request.content
     if content is None:
         return b""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # each route is itself: hashed by identity, cheaply
 class Route:
     methods: tuple[str, ...]
     path: str
@@ -58,44 +58,51 @@ ROUTES: tuple[Route, ...] = (
 
 
 class Router:
-    """Matches the hot routes of a table in a few dictionary lookups.
+    """Matches the hot routes of a table in a dictionary lookup or two.
 
-    Only paths that Klein would read the same way are matched: plain ASCII
-    with no percent-escape and no empty segment (a trailing slash). Anything
-    else is left to Klein (``match`` returns None), which decodes it.
+    A hot route has at most one parameter, a whole path segment: its path is
+    a prefix, the parameter, and a suffix (``/channels/`` + ``<channel>`` +
+    ``/poll``). Only paths that Klein would read the same way are matched:
+    plain ASCII with no percent-escape and no empty parameter. Anything else
+    is left to Klein (``match`` returns None), which decodes it.
     """
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
-        # (method, segment count) -> [(segments, route)]; None = a parameter
-        self._shapes: dict[tuple[bytes, int], list[tuple[tuple[bytes | None, ...], Route]]] = {}
-        self._names: dict[Route, tuple[str, ...]] = {}
+        self._exact: dict[tuple[bytes, bytes], Route] = {}
+        # (method, prefix, suffix) -> (route, parameter name)
+        self._shaped: dict[tuple[bytes, bytes, bytes], tuple[Route, str]] = {}
+        prefixes: list[bytes] = []
         for route in routes:
             if not route.hot:
                 continue
-            parts = route.path.strip("/").split("/")
-            segments = tuple(None if p.startswith("<") else p.encode() for p in parts)
-            self._names[route] = tuple(p[1:-1] for p in parts if p.startswith("<"))
+            head, sep, tail = route.path.partition("<")
+            if not sep:
+                for method in route.methods:
+                    self._exact[(method.encode(), route.path.encode())] = route
+                continue
+            name, _, suffix = tail.partition(">")
+            if "<" in suffix or not head.endswith("/") or suffix[:1] not in ("", "/"):
+                raise ValueError(f"a hot route has one parameter, a whole segment: {route.path}")
+            if head.encode() not in prefixes:
+                prefixes.append(head.encode())
             for method in route.methods:
-                key = (method.encode(), len(segments))
-                self._shapes.setdefault(key, []).append((segments, route))
+                self._shaped[(method.encode(), head.encode(), suffix.encode())] = (route, name)
+        self._prefixes = tuple(prefixes)
 
     def match(self, method: bytes, path: bytes) -> tuple[Route, dict[str, str]] | None:
         """The hot route for ``method`` and ``path`` and its parameters, or None."""
-        if b"%" in path or not path.isascii() or not path.startswith(b"/"):
-            return None
-        parts = path[1:].split(b"/")
-        candidates = self._shapes.get((method, len(parts)))
-        if not candidates:
-            return None
-        for segments, route in candidates:
-            values = []
-            for want, got in zip(segments, parts, strict=True):
-                if not got:
-                    break
-                if want is None:
-                    values.append(got.decode("ascii"))
-                elif want != got:
-                    break
-            else:
-                return route, dict(zip(self._names[route], values, strict=True))
+        if self._exact:
+            route = self._exact.get((method, path))
+            if route is not None:
+                return route, {}
+        for prefix in self._prefixes:
+            if path.startswith(prefix):
+                rest = path[len(prefix) :]
+                cut = rest.find(b"/")
+                value, suffix = (rest, b"") if cut < 0 else (rest[:cut], rest[cut:])
+                found = self._shaped.get((method, prefix, suffix))
+                if found is None or not value or b"%" in value or not value.isascii():
+                    continue
+                route, name = found
+                return route, {name: value.decode("ascii")}
         return None
