@@ -157,7 +157,9 @@ class RedisBroker(Service):
         self.linger = linger
         self.check_interval = check_interval
         self.keep = keep  # seconds a channel's hash outlives its history
-        self._fresh = epoch  # tests: the epoch a new channel gets
+        # Tests: the epoch every new (or renewed) channel gets, as a memory
+        # broker has one; None (the default) draws a fresh one each time.
+        self.epoch = epoch
         self.stats = BrokerStats()
         self.hub = Hub(on_idle=self._idle)
         self._feeds: dict[str, _Feed] = {}
@@ -202,7 +204,7 @@ class RedisBroker(Service):
     async def _run(self, op: str, keys: list[str], args: list[Any]) -> Any:
         """The script, by its hash; sent whole when Redis does not have it."""
         argv = [
-            op, self.commands.run_id or b"", self._fresh or secrets.token_hex(4), self.prefix,
+            op, self.commands.run_id or b"", self.epoch or secrets.token_hex(4), self.prefix,
             self.size, int(self.ttl * 1000), int((self.ttl + self.keep) * 1000), *args,
         ]
         try:

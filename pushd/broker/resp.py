@@ -11,8 +11,9 @@ replies (C, the parser redis-py uses), the rest is here.
 
 A :class:`Link` is one connection that is made again whenever it is lost,
 forever, with a capped backoff, on the clock it is given. While it is not
-up, a command fails at once with :class:`Unavailable`; a command left
-unanswered for ``timeout`` seconds fails the same way and drops the
+up, a command waits for it at most ``timeout`` seconds, then fails with
+:class:`Unavailable`; a command left unanswered for ``timeout`` seconds
+fails the same way and drops the
 connection (every reply after it would be out of step, and a Redis that
 does not answer is as good as gone). Pub/sub confirmations and messages
 are not replies to anyone: they go to ``on_push`` as they are, so each
@@ -279,15 +280,49 @@ class Link:
 
     # -- commands ----------------------------------------------------------------
     def execute(self, *args: Any) -> Deferred[Any]:
-        """One command's reply; fails with Unavailable at once while not up."""
+        """One command's reply; Unavailable when the link is not up within
+        ``timeout`` or the reply does not come within ``timeout``."""
         return self.pipeline([args])[0]
 
     def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Deferred[Any]]:
         """Several commands in one write; a Deferred for each reply, in order."""
         proto = self._proto
-        if proto is None or not self.up or proto.gone:
-            return [fail(Unavailable(f"{self.url} is not connected")) for _ in commands]
-        return [self._timed(proto, d) for d in proto.send(commands)]
+        if proto is not None and self.up and not proto.gone:
+            return [self._timed(proto, d) for d in proto.send(commands)]
+        if not self._running:
+            return [fail(Unavailable(f"{self.url}: stopped")) for _ in commands]
+        # Down: wait for the link, at most ``timeout`` (a blip is not an outage,
+        # and a daemon's first requests may come before its first connection).
+        outs: list[Deferred[Any]] = [Deferred() for _ in commands]
+
+        def send(_: object) -> None:
+            for reply, out in zip(self.pipeline(commands), outs, strict=True):
+                reply.chainDeferred(out)
+
+        def give_up(f: Failure) -> None:
+            for out in outs:
+                out.errback(f)
+
+        self._up_within().addCallbacks(send, give_up)
+        return outs
+
+    def _up_within(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+
+        def give_up() -> None:
+            if d in self._waiters:
+                self._waiters.remove(d)
+                d.errback(Failure(Unavailable(f"{self.url} is not connected")))
+
+        timer = self.reactor.callLater(self.timeout, give_up)
+
+        def settled(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(settled)
 
     def send(self, command: tuple[Any, ...]) -> None:
         """Write a command whose answer is not a reply (SUBSCRIBE, UNSUBSCRIBE:
