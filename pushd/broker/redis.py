@@ -202,18 +202,25 @@ class RedisBroker(Service):
         return f"{tag}:h", f"{tag}:s"
 
     async def _run(self, op: str, keys: list[str], args: list[Any]) -> Any:
-        """The script, by its hash; sent whole when Redis does not have it."""
-        argv = [
-            op, self.commands.run_id or b"", self.epoch or secrets.token_hex(4), self.prefix,
-            self.size, int(self.ttl * 1000), int((self.ttl + self.keep) * 1000), *args,
-        ]
+        """The script, by its hash; sent whole when Redis does not have it.
+
+        It carries the run_id of the server the connection reached, so it is
+        sent on that connection or not at all (``wait=False``)."""
+        link = self.commands
         try:
+            await link.ready()
+            argv = [
+                op, link.run_id, self.epoch or secrets.token_hex(4), self.prefix,
+                self.size, int(self.ttl * 1000), int((self.ttl + self.keep) * 1000), *args,
+            ]
             try:
-                return await self.commands.execute("EVALSHA", SCRIPT_SHA, len(keys), *keys, *argv)
+                return await link.execute(
+                    "EVALSHA", SCRIPT_SHA, len(keys), *keys, *argv, wait=False
+                )
             except ReplyError as e:
                 if not str(e).startswith("NOSCRIPT"):
                     raise
-                return await self.commands.execute("EVAL", SCRIPT, len(keys), *keys, *argv)
+                return await link.execute("EVAL", SCRIPT, len(keys), *keys, *argv, wait=False)
         except Unavailable as e:
             raise LimitError(
                 "unavailable", f"the message store is unavailable: {e}", self.retry_after
@@ -261,15 +268,17 @@ class RedisBroker(Service):
         for i, (channel, payload, event) in enumerate(checked):
             epoch, seq, time = reply[3 * i].decode(), int(reply[3 * i + 1]), int(reply[3 * i + 2])
             feed = self._feeds.get(channel)
+            # Delivered here at once when it is the next one this node expects;
+            # its pub/sub copy is then dropped as already delivered.
+            now = (
+                feed is not None and feed.known and not feed.busy and not feed.incoming
+                and self._next(feed, epoch, seq)
+            )
             local = feed.base + seq if feed is not None and feed.epoch == epoch else seq
             message = Message(f"{epoch}-{seq}", local, channel, event, payload, time)
             out.append(message)
-            # Delivered here at once when it is the next one this node expects;
-            # its pub/sub copy is then dropped as already delivered.
-            if (
-                feed is not None and feed.known and not feed.busy and not feed.incoming
-                and feed.epoch == epoch and seq == feed.pos + 1
-            ):
+            if now:
+                assert feed is not None
                 self._deliver(feed, message, seq)
         self.stats.published += len(out)
         return out
@@ -560,23 +569,32 @@ class RedisBroker(Service):
                 self._idle(feed.name)
                 continue
             seq = item[1]
-            if epoch == feed.epoch:
-                if seq <= feed.pos:
-                    incoming.popleft()
-                    continue
-                if seq == feed.pos + 1:
-                    incoming.popleft()
-                    event, payload = _payload(item[3])
-                    message = Message(
-                        f"{epoch}-{seq}", feed.base + seq, feed.name, event, payload, item[2]
-                    )
-                    self._deliver(feed, message, seq)
-                    continue
+            if epoch == feed.epoch and seq <= feed.pos:
+                incoming.popleft()
+                continue
+            if self._next(feed, epoch, seq):
+                incoming.popleft()
+                event, payload = _payload(item[3])
+                message = Message(
+                    f"{epoch}-{seq}", feed.base + seq, feed.name, event, payload, item[2]
+                )
+                self._deliver(feed, message, seq)
+                continue
             if arrival <= feed.filled:
                 incoming.popleft()  # a fill since it arrived has settled it
                 continue
             self._fill(feed)
             return
+
+    def _next(self, feed: _Feed, epoch: str, seq: int) -> bool:
+        """Is (epoch, seq) the message the feed delivers next? The first of a
+        channel that had no data is (its epoch is adopted)."""
+        if epoch == feed.epoch:
+            return seq == feed.pos + 1
+        if feed.epoch is None and seq == 1 and epoch not in feed.retired:
+            feed.epoch = epoch
+            return True
+        return False
 
     def _deliver(self, feed: _Feed, message: Message, seq: int) -> None:
         feed.pos = seq

@@ -279,18 +279,33 @@ class Link:
         self._again()
 
     # -- commands ----------------------------------------------------------------
-    def execute(self, *args: Any) -> Deferred[Any]:
+    def execute(self, *args: Any, wait: bool = True) -> Deferred[Any]:
         """One command's reply; Unavailable when the link is not up within
         ``timeout`` or the reply does not come within ``timeout``."""
-        return self.pipeline([args])[0]
+        return self.pipeline([args], wait)[0]
 
-    def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Deferred[Any]]:
-        """Several commands in one write; a Deferred for each reply, in order."""
+    def ready(self) -> Deferred[None]:
+        """Fires once the link is up (at once if it is); Unavailable if it is
+        not within ``timeout``."""
+        if self.up and self._proto is not None and not self._proto.gone:
+            return succeed(None)
+        if not self._running:
+            return fail(Unavailable(f"{self.url}: stopped"))
+        return self._up_within()
+
+    def pipeline(
+        self, commands: list[tuple[Any, ...]], wait: bool = True
+    ) -> list[Deferred[Any]]:
+        """Several commands in one write; a Deferred for each reply, in order.
+
+        ``wait=False``: fail at once rather than wait for a link that is down
+        (a command that depends on the connection, such as one naming its
+        server's run_id)."""
         proto = self._proto
         if proto is not None and self.up and not proto.gone:
             return [self._timed(proto, d) for d in proto.send(commands)]
-        if not self._running:
-            return [fail(Unavailable(f"{self.url}: stopped")) for _ in commands]
+        if not self._running or not wait:
+            return [fail(Unavailable(f"{self.url} is not connected")) for _ in commands]
         # Down: wait for the link, at most ``timeout`` (a blip is not an outage,
         # and a daemon's first requests may come before its first connection).
         outs: list[Deferred[Any]] = [Deferred() for _ in commands]
