@@ -87,7 +87,7 @@ class _Feed:
     """
 
     __slots__ = (
-        "arrived", "base", "busy", "epoch", "filled", "idle", "incoming", "known",
+        "again", "arrived", "base", "busy", "epoch", "filled", "idle", "incoming", "known",
         "local", "name", "outstanding", "pos", "retired", "waiters",
     )
 
@@ -97,12 +97,13 @@ class _Feed:
         self.pos = 0
         self.base = 0
         self.local = 0
-        self.known = False  # position read once (after the first SUBSCRIBE was confirmed)
+        self.known = False  # position read once (when the feed was made)
         self.outstanding = 0  # SUBSCRIBEs sent and not yet confirmed
         self.incoming: deque[tuple[int, Any]] = deque()  # (arrival, parsed pub/sub message)
         self.arrived = 0  # arrivals counted; a fill started at n supersedes arrivals before n
         self.filled = -1  # arrival count when the last fill started
         self.busy = False
+        self.again = False  # another fill was asked for while one ran
         self.retired: set[str] = set()
         self.waiters: list[Deferred[None]] = []  # for the next fill's end
         self.idle: IDelayedCall | None = None
@@ -460,6 +461,9 @@ class RedisBroker(Service):
         if feed is None:
             feed = self._feeds[channel] = _Feed(channel)
             self.stats.channels = len(self._feeds)
+            # Where the channel is now, read at once: a subscriber from now
+            # on starts there. The SUBSCRIBE's confirmation fills after it.
+            self._fill(feed)
             if self.pubsub.up:
                 self._subscribe([feed])
         elif feed.idle is not None:
@@ -510,7 +514,7 @@ class RedisBroker(Service):
 
     def _refill_all(self) -> None:
         for feed in list(self._feeds.values()):
-            if feed.outstanding == 0 and self.pubsub.up:
+            if not feed.known or (feed.outstanding == 0 and self.pubsub.up):
                 self._fill(feed)
 
     def check(self) -> None:
@@ -611,9 +615,11 @@ class RedisBroker(Service):
     def _fill(self, feed: _Feed) -> Deferred[None]:
         """Read the channel from Redis after the feed's position; fires when done
         (at once if a fill is already running: it will pump what arrives)."""
-        if feed.busy:
+        if feed.busy:  # once more after it: what it read may be older than the ask
+            feed.again = True
             return self._next_fill(feed)
         feed.busy = True
+        feed.again = False
         feed.filled = feed.arrived
         waiter = self._next_fill(feed)  # before starting: a fill may fail at once
 
@@ -626,6 +632,9 @@ class RedisBroker(Service):
                 if not result.check(LimitError):
                     log.failure("redis: filling {channel}", result, channel=feed.name)
                 return  # Redis is away: _commands_up fills again when it is back
+            if feed.again and self._feeds.get(feed.name) is feed:
+                self._fill(feed)
+                return
             self._pump(feed)
 
         Deferred.fromCoroutine(self._fill_once(feed)).addBoth(done)
