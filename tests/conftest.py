@@ -16,7 +16,7 @@ from pushd.broker.memory import MemoryBroker
 from pushd.config import Settings
 from pushd.tap import Daemon
 from tests.later_broker import LaterBroker
-from tests.redis_server import redis_server  # noqa: F401  (a fixture, for redis_broker)
+from tests.redis_server import redis, redis_server  # noqa: F401  (fixtures)
 
 
 class Running:

@@ -1,8 +1,8 @@
 """The Redis broker against a real redis-server: the broker contract, and what
 happens when Redis loses data, drops a pub/sub message or goes away.
 
-Each test gets its own redis-server on a free port (started in ~20 ms), so a
-test may kill, stop or restart it. "Nodes" are RedisBroker instances in this
+Each test gets its own redis-server on a free port (the ``redis`` fixture,
+started in ~20 ms), so a test may kill, stop or restart it. "Nodes" are RedisBroker instances in this
 process sharing that server, as pushd processes on several hosts would.
 """
 
@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from pushd.broker.redis import RedisBroker
 from pushd.errors import LimitError, PushdError
 from tests.helpers import Recorder
-from tests.redis_server import BINARY, RedisServer, free_port
+from tests.redis_server import RedisServer
 
 TIMEOUT = 10.0  # a bound on every wait: a broken broker fails, it does not hang
 
@@ -69,18 +69,6 @@ def within(d: Deferred[Any], seconds: float = TIMEOUT) -> Deferred[Any]:
         return result
 
     return d.addBoth(settled)
-
-
-@pytest.fixture
-def redis(tmp_path: Any) -> Iterator[RedisServer]:
-    if BINARY is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(BINARY, free_port(), tmp_path)
-    server.start()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        os.kill(server.process.pid, signal.SIGCONT)  # in case a test left it stopped
-    server.kill()
 
 
 @pytest.fixture
