@@ -531,3 +531,78 @@ async def test_keys_carry_the_channel_as_hash_tag(nodes: Any, redis: RedisServer
     await publish(broker, "news.eu")
     keys = sorted(await raw(redis, "KEYS", "*"))
     assert keys == [b"app1:{news.eu}:h", b"app1:{news.eu}:s"]
+
+
+# -- a daemon on Redis ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_on_redis_answers_503_unavailable_while_redis_is_away(
+    start_daemon: Any, redis: RedisServer
+) -> None:
+    """Publishing is 503 ``unavailable`` with Retry-After and /readyz is 503;
+    an open SSE stream stays open and goes on (told ``reset``: the Redis that
+    came back lost the history) once Redis is back."""
+    import treq
+
+    from tests.clients import RawHTTP, get_request
+
+    def edit(settings: Any) -> None:
+        settings.broker = f"redis://127.0.0.1:{redis.port}/0"
+        settings.broker_timeout = 0.3
+        settings.limits.retry_after = 9
+
+    running = start_daemon(edit)
+    assert isinstance(running.broker, RedisBroker) and running.broker.timeout == 0.3
+    await connected(running.broker)
+    await within(running.daemon.ready())
+    first = await treq.post(running.url + "/channels/a", data=b"one")
+    assert first.code == 201
+    first_id = (await first.json())["id"]
+    ready = await treq.get(running.url + "/readyz")
+    assert (ready.code, await ready.json()) == (200, {"status": "ready"})
+    stream = await RawHTTP.open(running.port, get_request(f"/channels/a/events?since={first_id}"))
+    await within(stream.contains(b"\r\n\r\n"))
+    (streamer,) = running.registry.connections["sse"]
+    await within(streamer.subscription.when_live())  # its (empty) replay is over
+
+    redis.kill()
+    answer = await treq.post(running.url + "/channels/a", data=b"lost")
+    assert answer.code == 503
+    assert answer.headers.getRawHeaders("Retry-After") == ["9"]
+    assert (await answer.json())["error"] == "unavailable"
+    ready = await treq.get(running.url + "/readyz")
+    assert (ready.code, await ready.json()) == (503, {"status": "unavailable"})
+
+    redis.start()
+    await connected(running.broker)
+    ready = await treq.get(running.url + "/readyz")
+    assert ready.code == 200
+    await ready.content()
+    again = await treq.post(running.url + "/channels/a", data=b"two")
+    assert again.code == 201
+    again_id = (await again.json())["id"]
+    await within(stream.contains(b"data: two\n"))
+    body = stream.data.split(b"\r\n\r\n", 1)[1]
+    assert b"event: reset" in body and body.index(b"event: reset") < body.index(b"data: two")
+    assert again_id.encode() in body and b"lost" not in body
+    stream.close()
+
+
+def test_broker_settings() -> None:
+    from pushd.config import ConfigError, parse
+
+    settings = parse({"broker": "rediss://:s%40cret@redis.example:6380/2", "broker_timeout": 1})
+    assert (settings.broker, settings.broker_timeout) == (
+        "rediss://:s%40cret@redis.example:6380/2", 1.0)
+    from pushd.broker.resp import RedisURL
+
+    url = RedisURL(settings.broker)
+    assert (url.tls, url.host, url.port, url.db, url.password) == (
+        True, "redis.example", 6380, 2, "s@cret")
+    assert "cret" not in str(url)
+    assert parse({}).broker == "memory"
+    for bad in ({"broker": "mysql://x"}, {"broker": "redis://h/notanumber"},
+                {"broker_timeout": 0}, {"broker": 5}):
+        with pytest.raises(ConfigError):
+            parse(bad)
