@@ -97,10 +97,14 @@ async def connected(broker: RedisBroker) -> None:
 
 
 async def live(broker: RedisBroker, channel: str, since: str | None = None) -> Waiting:
-    """A subscriber whose replay (or reset) is over."""
+    """A subscriber whose replay (or reset) is over, on a node whose pub/sub
+    subscription to the channel is confirmed and caught up."""
     r = Waiting()
     sub = broker.subscribe(channel, r, since)
     await within(sub.when_live())
+    feed = broker._feeds[channel]
+    while feed.outstanding or feed.busy:  # each confirmation ends in a fill
+        await within(broker._next_fill(feed))
     return r
 
 
