@@ -133,6 +133,10 @@ class Settings:
     drain: Drain = field(default_factory=Drain)
     metrics: Metrics = field(default_factory=Metrics)
     web: Web = field(default_factory=Web)
+    # "memory" (this process alone) or "redis://[:password@]host:port/db"
+    # ("rediss://" for TLS): channels, ids and history shared by every node
+    broker: str = "memory"
+    broker_timeout: float = 2.0  # seconds a Redis command may take before Redis counts as down
     # Each [[source]] table, checked by the source type that owns it. The
     # demo ticker runs unless the file says otherwise (`source = []` for none).
     sources: list[dict[str, Any]] = field(default_factory=lambda: [{"type": "ticker"}])
@@ -183,6 +187,10 @@ def parse(data: dict[str, Any]) -> Settings:
             setattr(settings, key, _section(key, SECTIONS[key], value))
         elif key in ("listen", "allowed_origins", "allowed_hosts"):
             setattr(settings, key, _coerce(key, value, list[str]))
+        elif key == "broker":
+            settings.broker = _coerce(key, value, str)
+        elif key == "broker_timeout":
+            settings.broker_timeout = _coerce(key, value, float)
         elif key == "source":
             if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
                 raise ConfigError("source must be a list of [[source]] tables")
@@ -234,6 +242,15 @@ def check(settings: Settings) -> None:
         raise ConfigError("[poll] max_bytes must be at least 1 byte")
     if settings.sse.heartbeat <= 0 or settings.stream.heartbeat <= 0:
         raise ConfigError("heartbeat intervals must be more than 0 seconds")
+    if settings.broker != "memory":
+        from pushd.broker.resp import RedisURL
+
+        try:
+            RedisURL(settings.broker)
+        except ValueError as e:
+            raise ConfigError(f"broker must be \"memory\" or a redis:// URL: {e}") from None
+    if settings.broker_timeout <= 0:
+        raise ConfigError("broker_timeout must be more than 0 seconds")
 
 
 def replace(settings: Settings, section: str, **changes: Any) -> None:

@@ -6,7 +6,7 @@ transport; it also holds whether the daemon is ready or draining.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 TRANSPORTS = ("poll", "longpoll", "stream", "sse", "ws")
 
@@ -26,11 +26,12 @@ class Registry:
         self.bytes_sent = dict.fromkeys(TRANSPORTS, 0)
         self.draining = False
         self.started = False  # set once every listener is up
+        self.available: Callable[[], bool] = lambda: True  # the broker's store (Redis) is up
 
     @property
     def ready(self) -> bool:
-        """What ``/readyz`` answers: up, and not draining."""
-        return self.started and not self.draining
+        """What ``/readyz`` answers: up, not draining, and the broker's store reachable."""
+        return self.started and not self.draining and self.available()
 
     def opened(self, transport: str, conn: object) -> None:
         self.connections[transport].add(conn)

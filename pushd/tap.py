@@ -142,6 +142,17 @@ class Listener(Service):
         return None
 
 
+def broker_for(settings: Settings) -> Any:
+    """The broker class ``settings.broker`` names, called as MemoryBroker is."""
+    if settings.broker == "memory":
+        return MemoryBroker
+    from functools import partial
+
+    from pushd.broker.redis import RedisBroker
+
+    return partial(RedisBroker, url=settings.broker, timeout=settings.broker_timeout)
+
+
 class Daemon(MultiService):
     """The service tree, with handles on its parts for tests and operations.
 
@@ -155,12 +166,14 @@ class Daemon(MultiService):
         settings: Settings,
         reactor: Any,
         environ: Mapping[str, str] | None = None,
-        broker_class: type[MemoryBroker] = MemoryBroker,
+        broker_class: Any = None,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.reactor = reactor
         limits = settings.limits
+        if broker_class is None:
+            broker_class = broker_for(settings)
         self.broker = broker_class(
             reactor,
             settings.history.size,
@@ -176,6 +189,8 @@ class Daemon(MultiService):
         # last, so the daemon starts and stops it itself.
         self.notifier = Notifier(reactor, environ or {})
         self.registry = Registry()
+        if hasattr(self.broker, "available"):  # /readyz is 503 while Redis is away
+            self.registry.available = lambda: self.broker.available
         self.context = Context(self.broker, settings, reactor, self.registry)
         self.sources = [sources.build(table, self.broker, reactor) for table in settings.sources]
         for source in self.sources:

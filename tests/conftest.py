@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
+import secrets
 from typing import Any, Callable
 
 import pytest
@@ -13,6 +16,7 @@ from pushd.broker.memory import MemoryBroker
 from pushd.config import Settings
 from pushd.tap import Daemon
 from tests.later_broker import LaterBroker
+from tests.redis_server import redis, redis_server  # noqa: F401  (fixtures)
 
 
 class Running:
@@ -28,16 +32,30 @@ class Running:
         self.registry = daemon.registry
 
 
-BROKERS = {"memory": MemoryBroker, "later": LaterBroker}
+BROKERS = {"memory": MemoryBroker, "later": LaterBroker, "redis": None}  # redis: see below
+_daemons = itertools.count()
+
+
+def redis_broker(request: Any) -> Any:
+    """A RedisBroker class for one daemon: the session's redis-server, keys
+    and pub/sub channels under a prefix of its own (pub/sub ignores the db)."""
+    from pushd.broker.redis import RedisBroker
+
+    server = request.getfixturevalue("redis_server")
+    return functools.partial(
+        RedisBroker, url=f"redis://127.0.0.1:{server.port}/0",
+        prefix=f"t{os.getpid()}.{next(_daemons)}:", linger=0.0, epoch=secrets.token_hex(4),
+    )
 
 
 def pytest_generate_tests(metafunc: Any) -> None:
-    """Tests marked ``both_brokers`` run against a broker that answers at once
-    and one that answers every call on a later turn (as Redis will)."""
-    if "broker_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
-        "both_brokers"
-    ):
-        metafunc.parametrize("broker_kind", list(BROKERS), indirect=True)
+    """Tests marked ``both_brokers`` run against a broker that answers at once,
+    one that answers every call on a later turn, and the Redis broker."""
+    marker = metafunc.definition.get_closest_marker("both_brokers")
+    if "broker_kind" in metafunc.fixturenames and marker is not None:
+        # ``both_brokers(redis=False)``: a test that reaches into the memory broker
+        kinds = [kind for kind in BROKERS if marker.kwargs.get(kind, True)]
+        metafunc.parametrize("broker_kind", kinds, indirect=True)
 
 
 @pytest.fixture
@@ -47,7 +65,7 @@ def broker_kind(request: Any) -> str:
 
 
 @pytest.fixture
-def start_daemon(broker_kind: str) -> Any:
+def start_daemon(broker_kind: str, request: Any) -> Any:
     """Call with a function that edits Settings; returns a Running daemon.
 
     No sources run unless the edit adds some; the listener is tcp:0.
@@ -61,7 +79,10 @@ def start_daemon(broker_kind: str) -> Any:
         settings.drain.timeout = 1  # stopping drains: do not wait long on a stuck client
         if edit is not None:
             edit(settings)
-        daemon = Daemon(settings, reactor, broker_class=BROKERS[broker_kind])
+        broker_class = BROKERS[broker_kind] or redis_broker(request)
+        if settings.broker != "memory":  # the test names a broker: the daemon makes it
+            broker_class = None
+        daemon = Daemon(settings, reactor, broker_class=broker_class)
         daemon.startService()
         started.append(daemon)
         return Running(daemon)

@@ -102,3 +102,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may kill, stop or restart."""
+    if BINARY is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(BINARY, free_port(), tmp_path)
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)  # in case the test left it stopped
+    server.kill()

@@ -63,6 +63,7 @@ async def test_a_refused_websocket_subscribe_gets_an_error_frame(
     assert running.broker.subscribers("open") == 1
 
 
+@pytest.mark.both_brokers(redis=False)  # publishes straight into the memory broker's hub
 @pytest_twisted.ensureDeferred
 async def test_streams_join_their_group_once_live_and_lose_nothing_at_the_seam(
     running: Any,

@@ -188,6 +188,27 @@ class Hub:
     def count(self, channel: str) -> int:
         return len(self._subs.get(channel, ()))
 
+    def holds(self, channel: str) -> bool:
+        """Anyone on this process (a subscription or a watch) still takes ``channel``."""
+        return channel in self._subs or channel in self._push
+
+    def reset(self, channel: str, cursor: str | None) -> int:
+        """Tell every live subscription of ``channel`` that the messages up to
+        ``cursor`` could not all be delivered; how many were told.
+
+        For a clustered broker, whose store can lose messages a subscription
+        was waiting for. Subscriptions still replaying are not told: their
+        own replay decides. Handed-over subscriptions are told themselves
+        (their watch, a fan-out group, is never reset).
+        """
+        told = 0
+        subs = self._subs.get(channel, set()) | self._push.get(channel, set())
+        for sub in subs:
+            if sub.active and sub._pending is None:
+                sub.subscriber.reset(channel, cursor)
+                told += sub.counted
+        return told
+
     def channels(self) -> Iterable[str]:
         return self._subs.keys()
 

@@ -71,10 +71,15 @@ class PushdApp:
         return json_response(request, {"status": "ok"})
 
     def readyz(self, request: Request) -> bytes:
-        """503 while starting or draining, so a load balancer sends no one new."""
+        """503 while starting, draining or without the broker's Redis, so a
+        load balancer sends no one new."""
         if self.ctx.registry.ready:
             return json_response(request, {"status": "ready"})
-        status = "draining" if self.ctx.registry.draining else "starting"
+        registry = self.ctx.registry
+        status = (
+            "draining" if registry.draining else "starting" if not registry.started
+            else "unavailable"
+        )
         return json_response(request, {"status": status}, 503)
 
     def metrics(self, request: Request) -> Any:
