@@ -23,6 +23,7 @@ from pushd.broker.interface import Page, Subscriber, Subscription
 from pushd.fanout import Group, Member
 from pushd.model import Message, Payload, check_channel
 from pushd.web.context import Context
+from pushd.web.render import then
 
 
 class Reader(Subscriber, Protocol):
@@ -90,11 +91,11 @@ def subscribe(
     reader = open_reader()
     sub = ctx.broker.subscribe(channel, reader, since or None)
     reader.subscription = sub
-    sub.when_live().addCallback(lambda _: _live(ctx, reader, sub))
+    then(sub.when_live(), _live, ctx, reader, sub)
     return reader
 
 
-def _live(ctx: Context, reader: Reader, sub: Subscription) -> None:
+def _live(_: object, ctx: Context, reader: Reader, sub: Subscription) -> None:
     """The replay is over: hand live delivery to the channel's group."""
     if reader.ended:  # ended during its replay (a byte budget, a slow client)
         sub.cancel()

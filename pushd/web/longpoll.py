@@ -19,6 +19,7 @@ from pushd.broker.interface import Page
 from pushd.model import Message
 from pushd.web import access
 from pushd.web.context import Context
+from pushd.web.render import then
 from pushd.web.request import arg, json_response, number_arg
 from pushd.wire import poll_body, poll_page
 
@@ -103,7 +104,7 @@ def longpoll(ctx: Context, request: Request, channel: str) -> Deferred[bytes]:
     # the current position, not for history. Callbacks rather than a
     # coroutine: a thousand clients re-poll after every message.
     d = access.read(ctx, request, channel, since, limit if since else 0)
-    return d.addCallback(_read, ctx, request, channel, timeout)
+    return then(d, _read, ctx, request, channel, timeout)  # type: ignore[no-any-return]
 
 
 def _read(

@@ -118,6 +118,10 @@ def _write_later(request: Any, result: Any) -> None:
     body = render(request, result)
     if body is NOT_DONE_YET:
         return
+    respond = getattr(request, "respond", None)
+    if respond is not None:  # pushd's own server: head and body in one send
+        respond(body)
+        return
     request.setHeader(b"Content-Length", b"%d" % len(body))
     if request.method != b"HEAD":
         request.write(body)
