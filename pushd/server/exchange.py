@@ -19,7 +19,7 @@ that goes away is told to whoever waits (``notifyFinish``).
 from __future__ import annotations
 
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
@@ -118,8 +118,9 @@ class Exchange:
     """One request and its answer on an :class:`~pushd.server.protocol.HttpConnection`."""
 
     __slots__ = (
-        "_args", "_content", "_finish_waiters", "_headers", "_out", "_parsed", "_wire", "body",
-        "chunked", "code", "conn", "finished", "method", "path", "prepath", "startedWriting", "uri",
+        "_args", "_content", "_finish_waiters", "_gone", "_headers", "_out", "_parsed", "_wire",
+        "body", "chunked", "code", "conn", "finished", "method", "path", "prepath",
+        "startedWriting", "uri",
     )
 
     def __init__(self, conn: HttpConnection, parsed: HttpRequest) -> None:
@@ -132,10 +133,12 @@ class Exchange:
         self.body = parsed.body  # what pushd.web.request.body reads, without a file
         self._content: BytesIO | None = None
         self.code = 200
-        self._out: list[tuple[bytes, bytes]] = []
+        # lower-cased name -> (name as set, value), in the order first set
+        self._out: dict[bytes, tuple[bytes, bytes]] = {}
         self._args: dict[bytes, list[bytes]] | None = None
         self._headers: RequestHeaders | None = None
         self._finish_waiters: list[Deferred[None]] | None = None
+        self._gone: Callable[[Failure], object] | None = None
         self._wire: _Wire | None = None
         self.startedWriting = False
         self.finished = False
@@ -204,13 +207,7 @@ class Exchange:
             name = name.encode("latin-1")
         if isinstance(value, str):
             value = value.encode("latin-1")
-        key = name.lower()
-        out = self._out
-        for i, (header, _) in enumerate(out):
-            if header.lower() == key:
-                out[i] = (name, value)
-                return
-        out.append((name, value))
+        self._out[name.lower()] = (name, value)
 
     def _head(self, length: int | None) -> bytes:
         """Status line and headers; tells the connection whether it stays open."""
@@ -218,10 +215,11 @@ class Exchange:
         version = self._parsed.version
         close = False
         lines = [b"%s %d %s\r\n" % (version, self.code, RESPONSES.get(self.code, b"Unknown"))]
-        for name, value in self._out:
-            if len(name) == 10 and name.lower() == b"connection":
-                close = b"close" in value.lower()
+        for name, value in self._out.values():
             lines.append(b"%s: %s\r\n" % (name, value))
+        connection = self._out.get(b"connection")
+        if connection is not None:
+            close = b"close" in connection[1].lower()
         if length is None and version != b"HTTP/1.0" and self.code not in (204, 304):
             self.chunked = True
             lines.append(b"Transfer-Encoding: chunked\r\n")
@@ -239,6 +237,7 @@ class Exchange:
         """The whole answer at once, with its ``Content-Length``, in one send."""
         if self.finished:
             return
+        self._out.pop(b"content-length", None)  # the body's own length goes out
         head = self._head(len(body))
         self.startedWriting = True
         self.conn.write(head if self.method == b"HEAD" else head + body)
@@ -252,11 +251,9 @@ class Exchange:
         if not self.startedWriting:
             self.startedWriting = True
             length = None
-            for name, value in self._out:
-                if name.lower() == b"content-length":
-                    length = int(value)
-                    self._out.remove((name, value))
-                    break
+            sized = self._out.pop(b"content-length", None)
+            if sized is not None:
+                length = int(sized[1])
             out = self._head(length)
         if data and self.method != b"HEAD":
             out += b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data
@@ -290,9 +287,20 @@ class Exchange:
             self._finish_waiters.append(d)
         return d
 
+    def when_gone(self, gone: Callable[[Failure], object]) -> None:
+        """Call ``gone(reason)`` if the client leaves before the answer: what
+        ``notifyFinish().addErrback(gone)`` does, without a Deferred (a held
+        long-poll asks this once per request)."""
+        self._gone = gone
+
     def connectionLost(self, reason: Failure) -> None:
         """The client went away before the answer (the connection tells us)."""
+        if self.finished:
+            return
         self.finished = True
+        gone, self._gone = self._gone, None
+        if gone is not None:
+            gone(reason)
         waiters, self._finish_waiters = self._finish_waiters, None
         for d in waiters or ():
             d.errback(reason)
@@ -304,7 +312,10 @@ class Exchange:
             self.conn.loseConnection()
             return
         self.code = 500
-        self._out = [(b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")]
+        self._out = {
+            b"content-type": (b"Content-Type", b"application/json"),
+            b"cache-control": (b"Cache-Control", b"no-store"),
+        }
         self.respond(_INTERNAL)
 
     def take_over(self, protocol: Any) -> Any:

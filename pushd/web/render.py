@@ -103,7 +103,11 @@ def _settle(request: Any, d: Deferred[Any]) -> bytes | int:
         finished.append(True)
         d.cancel()
 
-    request.notifyFinish().addErrback(gone)
+    when_gone = getattr(request, "when_gone", None)  # pushd's own server
+    if when_gone is not None:
+        when_gone(gone)
+    else:
+        request.notifyFinish().addErrback(gone)
     return NOT_DONE_YET
 
 
