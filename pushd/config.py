@@ -122,6 +122,9 @@ class Settings:
     # Host names a loopback client may use besides localhost and loopback
     # addresses (DNS rebinding protection); any port.
     allowed_hosts: list[str] = field(default_factory=list)
+    # Peers whose X-Forwarded-For is believed (addresses or CIDR blocks): a
+    # proxy on this machine, so its clients are told apart (pushd.web.clients)
+    trusted_proxies: list[str] = field(default_factory=list)
     history: History = field(default_factory=History)
     limits: Limits = field(default_factory=Limits)
     http: Http = field(default_factory=Http)
@@ -185,7 +188,7 @@ def parse(data: dict[str, Any]) -> Settings:
     for key, value in data.items():
         if key in SECTIONS:
             setattr(settings, key, _section(key, SECTIONS[key], value))
-        elif key in ("listen", "allowed_origins", "allowed_hosts"):
+        elif key in ("listen", "allowed_origins", "allowed_hosts", "trusted_proxies"):
             setattr(settings, key, _coerce(key, value, list[str]))
         elif key == "broker":
             settings.broker = _coerce(key, value, str)

@@ -40,6 +40,11 @@ def site_for(upstream_port: int, listen_port: int) -> str:
 
 @pytest.fixture
 def nginx(tmp_path: Path, running: Any) -> Any:
+    yield from serve_through_nginx(tmp_path, running)
+
+
+def serve_through_nginx(tmp_path: Path, running: Any) -> Any:
+    """nginx with the project's site in front of ``running``: yields (url, port)."""
     if NGINX is None:
         pytest.skip("nginx is not installed")
     port = free_port()
@@ -136,3 +141,40 @@ async def test_every_transport_delivers_through_nginx_within_a_second(
     assert code == 404
     for client in (sse, stream, longpoll, ws):
         client.close()
+
+
+@pytest.fixture
+def trusting(tmp_path: Path, start_daemon: Any) -> Any:
+    """A daemon that believes the nginx on this machine, behind that nginx."""
+    running = start_daemon(lambda s: setattr(s, "trusted_proxies", ["127.0.0.1", "::1"]))
+    yield from serve_through_nginx(tmp_path, running)
+
+
+async def post(url: str, body: bytes, *headers: str) -> int:
+    from tests.clients import RawHTTP, split_response
+
+    host, port = url.removeprefix("http://").split(":")
+    lines = [
+        "POST /channels/via-nginx HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
+        f"Content-Length: {len(body)}", *headers, "", "",
+    ]
+    raw = await RawHTTP.open(int(port), "\r\n".join(lines).encode() + body)
+    data = await raw.contains(b"\r\n\r\n")
+    raw.close()
+    return int(split_response(data)[0].split()[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_publishing_through_nginx_needs_trusted_proxies(nginx: Any) -> None:
+    url, _ = nginx
+    # nginx names the client in X-Forwarded-For; a daemon that does not
+    # trust it cannot tell a local client from a far one, and refuses
+    assert await post(url, b"x") == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trusted_nginx_passes_on_who_is_local(trusting: Any) -> None:
+    url, _ = trusting
+    assert await post(url, b"from this machine") == 201
+    # a far client cannot pass as local by writing the header itself
+    assert await post(url, b"spoofed", "X-Forwarded-For: 203.0.113.9") == 403

@@ -86,6 +86,7 @@ class PushdApp:
         """Mounted by pushd.tap (``extra_routes["metrics"]``) unless it has its own listener."""
         if "metrics" not in self.extra_routes:
             raise PushdError(404, "not_found", "no such URL")
+        self.ctx.authorize(request, "admin", "")
         return self.extra_routes["metrics"]
 
     # -- publishing ------------------------------------------------------
@@ -125,6 +126,7 @@ class PushdApp:
         return pages.page(self.ctx, request, "demo.html")
 
     def status_page(self, request: Request) -> bytes:
+        self.ctx.authorize(request, "admin", "")
         return pages.page(self.ctx, request, "status.html")
 
     def page_asset(self, request: Request, name: str) -> bytes:

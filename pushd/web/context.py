@@ -10,6 +10,7 @@ from pushd.broker.interface import Broker
 from pushd.config import Settings
 from pushd.fanout import Flusher, Group
 from pushd.registry import Registry
+from pushd.web.clients import Clients, local_only
 
 
 class Context:
@@ -30,13 +31,13 @@ class Context:
         self.clock = clock
         self.registry = registry
         self.flusher = Flusher(clock)  # one end-of-turn send per connection
-        # Asked before every subscription and publish (pushd.web.access):
-        # authorize(who, action, channel) raises a PushdError to refuse.
-        # ``who`` is the HTTP request or the WebSocket connection.
-        self.authorize: Callable[[object, str, str], None] = _anyone
+        self.clients = Clients(settings.trusted_proxies)
+        # Asked before every subscription, publish and backend operation
+        # (pushd.web.access): authorize(who, action, channel) raises a
+        # PushdError to refuse. ``who`` is the HTTP request or the WebSocket
+        # connection; actions are "subscribe", "publish", "manage" (GET or
+        # DELETE of a channel) and "admin" (/metrics, /status).
+        self.authorize: Callable[[object, str, str], None] = local_only(self.clients)
         # (channel, wire format) -> the streams that share its frames
         self.groups: dict[tuple[str, str], Group] = {}
 
-
-def _anyone(who: object, action: str, channel: str) -> None:
-    """The authorization hook until keys are configured: everyone may."""

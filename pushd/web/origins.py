@@ -149,6 +149,20 @@ def guard(request: Any, policy: OriginPolicy, hosts: HostPolicy) -> bytes | None
     else:
         origin = raw_origin.decode("latin-1")
         listed = policy.listed_origin(origin)
+        if not listed and request.method in (b"POST", b"DELETE"):
+            # A page may send a "simple" POST to any address without asking
+            # first (no preflight): refused before anything reaches the broker.
+            host = get(b"host")
+            if not policy.same_origin(origin, host.decode("latin-1") if host else None):
+                return error_response(
+                    request,
+                    PushdError(
+                        403,
+                        "forbidden",
+                        "a page of another origin may not POST or DELETE here; "
+                        "list it in allowed_origins",
+                    ),
+                )
         if listed:
             value = b"*" if policy.any else origin.encode("latin-1")
             request.setHeader(b"Access-Control-Allow-Origin", value)

@@ -81,7 +81,7 @@ async def publish_batch(ctx: Context, request: Request) -> bytes:
 
 
 async def info(ctx: Context, request: Request, channel: str) -> bytes:
-    check_channel(channel)
+    access.allow(ctx, request, "manage", channel)
     found = await ctx.broker.info(channel)
     if found is None:
         raise PushdError(404, "not_found", f"channel {channel!r} has no history and no subscribers")
@@ -97,7 +97,7 @@ async def info(ctx: Context, request: Request, channel: str) -> bytes:
 
 
 async def delete(ctx: Context, request: Request, channel: str) -> bytes:
-    check_channel(channel)
+    access.allow(ctx, request, "manage", channel)
     told = await ctx.broker.delete(channel)
     if told is None:
         raise PushdError(404, "not_found", f"channel {channel!r} does not exist")

@@ -253,7 +253,20 @@ class WsProtocol(WebSocketServerProtocol):
         return self.factory.ctx
 
     # -- handshake and lifetime --------------------------------------------
+    handshake_headers: dict[str, str] = {}
+
+    @property
+    def peer_host(self) -> str:
+        """The peer's address, for the authorization hook (pushd.web.clients)."""
+        return str(getattr(self.transport.getPeer(), "host", ""))
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        """A header of the handshake (the authorization hook reads proxy headers)."""
+        value = self.handshake_headers.get(name.decode("latin-1").lower())
+        return None if value is None else value.encode("latin-1")
+
     def onConnect(self, request: ConnectionRequest) -> None:
+        self.handshake_headers: dict[str, str] = request.headers
         # request.host has lost its port; the policy compares host:port.
         host = request.headers.get("host")
         if not self.factory.origins.allows(request.origin or None, host):
