@@ -371,7 +371,8 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
             )
 
     def run(scenario: str, name: str, transport: str, **kw: Any) -> None:
-        served = transport in SERVERS[name].paths
+        path = SERVERS[name].paths.get(transport)
+        served = path is not None and not path.get("connect_only")
         attempt(scenario, name, transport, served, measure, "deliveries", **kw)
 
     def run_requests(scenario: str, name: str, transport: str, **kw: Any) -> None:

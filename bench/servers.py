@@ -238,7 +238,11 @@ class Bare(Server):
 
     name = "bare"
     publish_path = "/pub/{ch}"
-    paths = {"sse": {"kind": "stream", "path": "/events/{ch}"}}
+    paths = {
+        "sse": {"kind": "stream", "path": "/events/{ch}"},
+        # connect rows only: Autobahn's own handshake, no subscription behind it
+        "ws": {"kind": "ws", "path": "/ws/{ch}", "connect_only": True},
+    }
 
     def command(self) -> list[str]:
         return [sys.executable, str(ROOT / "bench" / "bare" / "server.py"), str(self.port)]

@@ -59,3 +59,23 @@ async def test_publishes_reach_every_subscriber_of_the_channel_in_order() -> Non
         for conn in conns:
             conn.abort()
         await listener.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_handshake_is_autobahns_own() -> None:
+    """The connect row's floor for WebSocket: Autobahn answers the handshake."""
+    listener = reactor.listenTCP(0, Bare(), interface="127.0.0.1")
+    port = listener.getHost().port
+    handshake = (
+        b"GET /ws/a HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    conn = await RawHTTP.open(port, handshake)
+    try:
+        answer = await conn.contains(b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer
+    finally:
+        conn.abort()
+        await listener.stopListening()

@@ -9,6 +9,10 @@ nothing for it (the developers' guide's "bare Twisted Protocol, send at
 once when the socket is idle"). Whatever pushd costs beyond this is the
 price of its features; what this costs is the price of the machine.
 
+``GET /ws/{ch}`` hands the connection to a plain Autobahn
+``WebSocketServerProtocol`` (no HTTP server, no subscription): what a
+WebSocket connection costs with Autobahn's handshake and nothing of pushd's.
+
 Usage: ``python bench/bare/server.py PORT``
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.protocol import Factory, Protocol
 
 HEAD = (
@@ -49,6 +54,8 @@ class Bare(Factory):
     def __init__(self) -> None:
         self.channels: dict[str, dict[Conn, None]] = {}
         self.last_id = 0
+        self.websockets = WebSocketServerFactory()
+        self.websockets.protocol = WebSocketServerProtocol
 
     def buildProtocol(self, addr: object) -> Conn:
         return Conn(self)
@@ -78,6 +85,7 @@ class Conn(Protocol):
             if len(self.buf) < end + 4 + length:
                 return
             body = self.buf[end + 4 : end + 4 + length]
+            self.raw = self.buf[: end + 4 + length]
             self.buf = self.buf[end + 4 + length :]
             if not self.handle(method, path, body):
                 return
@@ -85,6 +93,13 @@ class Conn(Protocol):
     def handle(self, method: str, path: str, body: bytes) -> bool:
         """Answer one request; False once the connection is no longer HTTP."""
         bare = self.bare
+        if method == "GET" and path.startswith("/ws/"):
+            # Autobahn reads the handshake itself: give it the bytes again
+            ws = bare.websockets.buildProtocol(self.transport.getPeer())
+            self.transport.protocol = ws
+            ws.makeConnection(self.transport)
+            ws.dataReceived(self.raw)
+            return False
         if method == "GET" and path.startswith("/events/"):
             self.channel = path[len("/events/") :]
             bare.channels.setdefault(self.channel, {})[self] = None
