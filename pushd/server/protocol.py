@@ -57,12 +57,6 @@ ALWAYS_SERVED = frozenset({b"/healthz", b"/readyz", b"/metrics"})
 # header-bytes bound are checked, so neither can be overrun by more than one.
 SLICE = 4096
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
-
-
-def _version(number: str) -> bytes:
-    """``HTTP/1.1`` for ``1.1``: made once for the two that come every time."""
-    return _VERSIONS.get(number) or b"HTTP/" + number.encode("ascii")
 REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
@@ -71,6 +65,14 @@ REASONS = {
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
 }
+
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+
+
+def _version(number: str) -> bytes:
+    """``HTTP/1.1`` for ``1.1``: made once for the two that come every time."""
+    return _VERSIONS.get(number) or b"HTTP/" + number.encode("ascii")
+
 
 log = Logger()
 
@@ -629,7 +631,7 @@ class HttpConnection(Protocol):
         finally:
             if request.upgrade and self.wire is transport:
                 transport.protocol = self
-        if self.wrappedProtocol is not None:  # taken over (Autobahn)
+        if self.wrappedProtocol is not None and self.parser is not None:  # Autobahn took it
             # Autobahn resumed reading; its protocol replaces our producer
             # itself once the handshake is done (pushd.web.ws onOpen).
             self._taken_over()
