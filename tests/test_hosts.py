@@ -14,7 +14,8 @@ import pytest
 import pytest_twisted
 import treq
 
-from pushd.web.origins import HostPolicy, is_loopback
+from pushd.web.clients import is_loopback
+from pushd.web.origins import HostPolicy
 from tests.clients import RawHTTP, dechunk, split_response
 from tests.clients import subscribed as until_subscribed
 from tests.helpers import parse_sse

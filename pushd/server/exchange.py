@@ -174,6 +174,11 @@ class Exchange:
         return self._parsed.index.get(key)
 
     @property
+    def proxied(self) -> bool:
+        """Whether the request carries a proxy's header (pushd.web.clients)."""
+        return self._parsed.proxied
+
+    @property
     def peer_host(self) -> str:
         """The client's address as text, as the connection recorded it."""
         return self.conn.peer_host

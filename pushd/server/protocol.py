@@ -67,6 +67,8 @@ REASONS = {
 }
 
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+# Headers in which a proxy names the real client (see pushd.web.clients)
+PROXY_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
 
 
 def _version(number: str) -> bytes:
@@ -89,7 +91,8 @@ class HttpRequest:
     """One parsed request: what a handler needs, nothing more."""
 
     __slots__ = (
-        "body", "headers", "index", "keep_alive", "method", "path", "upgrade", "url", "version",
+        "body", "headers", "index", "keep_alive", "method", "path", "proxied", "upgrade", "url",
+        "version",
     )
 
     def __init__(
@@ -111,6 +114,8 @@ class HttpRequest:
         self.headers = headers  # as sent: names in their case, in order
         # lower-cased name -> its last value: what a handler looks up
         self.index = {n.lower(): v for n, v in headers} if index is None else index
+        # whether a proxy header came: such a request is never taken as local
+        self.proxied = not PROXY_HEADERS.isdisjoint(self.index)
         self.body = body
         self.keep_alive = keep_alive
         self.upgrade = upgrade

@@ -18,20 +18,25 @@ hook (:attr:`pushd.web.context.Context.authorize`) until tokens come.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Protocol
+from functools import lru_cache
+from typing import Any
 
 from pushd.config import ConfigError
 from pushd.errors import PushdError
-from pushd.web.origins import is_loopback
 
-PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class Who(Protocol):
-    """What a check reads of a request or a WebSocket connection."""
-
-    def getHeader(self, name: bytes) -> bytes | None: ...
+@lru_cache(maxsize=1024)
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (an IP literal) is this machine: 127.0.0.0/8, ::1, or
+    127.x.y.z mapped into IPv6."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 def peer_of(who: Any) -> str:
@@ -41,6 +46,22 @@ def peer_of(who: Any) -> str:
     if known is not None:
         return known  # type: ignore[no-any-return]
     return str(getattr(who.getClientAddress(), "host", ""))
+
+
+def proxied(who: Any) -> bool:
+    """Whether ``who`` carries a header in which a proxy names its client.
+
+    pushd's own server notes it while parsing (``proxied``); a twisted.web
+    request or a WebSocket handshake is asked for each header."""
+    known = getattr(who, "proxied", None)
+    if known is not None:
+        return known  # type: ignore[no-any-return]
+    get = who.getHeader
+    return (
+        get(b"forwarded") is not None
+        or get(b"x-forwarded-for") is not None
+        or get(b"x-real-ip") is not None
+    )
 
 
 class Clients:
@@ -97,14 +118,7 @@ class Clients:
         """Whether ``who`` comes from this machine, through trusted proxies only."""
         peer = peer_of(who)
         if not self.trusts(peer):
-            if not is_loopback(peer):
-                return False
-            get = who.getHeader
-            return (
-                get(b"forwarded") is None
-                and get(b"x-forwarded-for") is None
-                and get(b"x-real-ip") is None
-            )
+            return is_loopback(peer) and not proxied(who)
         return is_loopback(self.address(who))
 
 

@@ -7,8 +7,6 @@ Requests without ``Origin`` (curl, servers, native clients) are always served.
 
 from __future__ import annotations
 
-import ipaddress
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,6 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pushd.errors import PushdError
+from pushd.web.clients import is_loopback, peer_of, proxied
 from pushd.web.request import error_response
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -54,8 +53,6 @@ class OriginPolicy:
         return self.listed_origin(origin) or self.same_origin(origin, host)
 
 
-# Headers a proxy names the real client in (read by guard below)
-PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
 
 
 def _host_name(host: str) -> str:
@@ -65,18 +62,6 @@ def _host_name(host: str) -> str:
         return host[1 : host.find("]")] if "]" in host else host[1:]
     name, _, port = host.rpartition(":")
     return name if name and port.isdigit() else host
-
-
-@lru_cache(maxsize=1024)
-def is_loopback(address: str) -> bool:
-    """Whether ``address`` (an IP literal) is this machine: 127.0.0.0/8, ::1, or
-    127.x.y.z mapped into IPv6."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return (mapped or ip).is_loopback
 
 
 class HostPolicy:
@@ -110,15 +95,6 @@ class HostPolicy:
         return known
 
 
-def _peer_host(request: Any) -> str:
-    # pushd's own server knows it already (Exchange.peer_host); twisted.web asks
-    known = getattr(request, "peer_host", None)
-    if known is not None:
-        return known  # type: ignore[no-any-return]
-    address = request.getClientAddress()
-    return str(getattr(address, "host", ""))
-
-
 PREFLIGHT_HEADERS = b"Content-Type, Last-Event-ID, If-None-Match"
 METHODS = b"GET, POST, DELETE, OPTIONS"
 
@@ -128,12 +104,7 @@ def guard(request: Any, policy: OriginPolicy, hosts: HostPolicy) -> bytes | None
     headers for a listed origin, and preflights. The answer when the request
     ends here (refused, or a preflight answered), else None."""
     get = request.getHeader
-    proxied = (
-        get(b"forwarded") is not None
-        or get(b"x-forwarded-for") is not None
-        or get(b"x-real-ip") is not None
-    )
-    if not hosts.allows(_peer_host(request), get(b"host"), proxied):
+    if not hosts.allows(peer_of(request), get(b"host"), proxied(request)):
         return error_response(
             request,
             PushdError(
