@@ -22,17 +22,18 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.clients import RawHTTP, get_request, subscribed
-from tests.test_ops_support import ROOT, Child, bounded, free_port, get, ws_frames, ws_open
+from tests.test_ops_support import ROOT, Child, bounded, free_port, get, post, ws_frames, ws_open
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 SITE = ROOT / "etc/nginx/pushd.conf"
 
 
-def site_for(upstream_port: int, listen_port: int) -> str:
-    """The project's site file, pointed at this test's daemon and port; nothing else changed."""
+def site_for(upstream_port: int | list[int], listen_port: int) -> str:
+    """The project's site file, pointed at this test's daemon(s) and port; nothing else changed."""
     text = SITE.read_text()
-    text, n_upstream = re.subn(r"server 127\.0\.0\.1:8080;", f"server 127.0.0.1:{upstream_port};",
-                               text)
+    ports = upstream_port if isinstance(upstream_port, list) else [upstream_port]
+    servers = "\n    ".join(f"server 127.0.0.1:{p};" for p in ports)
+    text, n_upstream = re.subn(r"server 127\.0\.0\.1:8080;", servers, text)
     text, n_listen = re.subn(r"listen 80;", f"listen 127.0.0.1:{listen_port};", text)
     assert (n_upstream, n_listen) == (1, 1), "etc/nginx/pushd.conf changed shape"
     return text
@@ -44,12 +45,14 @@ def nginx(tmp_path: Path, running: Any) -> Any:
 
 
 def serve_through_nginx(tmp_path: Path, running: Any) -> Any:
-    """nginx with the project's site in front of ``running``: yields (url, port)."""
+    """nginx with the project's site in front of ``running`` (a daemon, or a list of
+    daemons as the upstream's nodes): yields (url, port)."""
     if NGINX is None:
         pytest.skip("nginx is not installed")
     port = free_port()
     (tmp_path / "logs").mkdir()
-    (tmp_path / "pushd-site.conf").write_text(site_for(running.port, port))
+    nodes = running if isinstance(running, list) else [running]
+    (tmp_path / "pushd-site.conf").write_text(site_for([n.port for n in nodes], port))
     temp = " ".join(f"{kind}_temp_path {tmp_path / kind};"
                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     (tmp_path / "nginx.conf").write_text(f"""
@@ -150,7 +153,7 @@ def trusting(tmp_path: Path, start_daemon: Any) -> Any:
     yield from serve_through_nginx(tmp_path, running)
 
 
-async def post(url: str, body: bytes, *headers: str) -> int:
+async def post_status(url: str, body: bytes, *headers: str) -> int:
     from tests.clients import RawHTTP, split_response
 
     host, port = url.removeprefix("http://").split(":")
@@ -169,12 +172,70 @@ async def test_publishing_through_nginx_needs_trusted_proxies(nginx: Any) -> Non
     url, _ = nginx
     # nginx names the client in X-Forwarded-For; a daemon that does not
     # trust it cannot tell a local client from a far one, and refuses
-    assert await post(url, b"x") == 403
+    assert await post_status(url, b"x") == 403
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_trusted_nginx_passes_on_who_is_local(trusting: Any) -> None:
     url, _ = trusting
-    assert await post(url, b"from this machine") == 201
+    assert await post_status(url, b"from this machine") == 201
     # a far client cannot pass as local by writing the header itself
-    assert await post(url, b"spoofed", "X-Forwarded-For: 203.0.113.9") == 403
+    assert await post_status(url, b"spoofed", "X-Forwarded-For: 203.0.113.9") == 403
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path, start_daemon: Any, redis: Any) -> Any:
+    """Two daemons on one redis-server, behind the site with both as its upstream."""
+
+    def node(s: Any) -> None:
+        s.broker = f"redis://127.0.0.1:{redis.port}/0"
+        s.trusted_proxies = ["127.0.0.1"]
+
+    nodes = [start_daemon(node), start_daemon(node)]
+    site = serve_through_nginx(tmp_path, nodes)
+    url, port = next(site)
+    yield nodes, url, port
+    for _ in site:
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_on_one_redis_behind_nginx_resume_any_cursor(two_nodes: Any) -> None:
+    """README "Scaling out": several nodes on one Redis behind the site's
+    upstream; publishes land on either node and reach a stream on the other;
+    when a node stops, its client comes back through nginx with its cursor
+    and another node gives it what it missed."""
+    from tests.clients import get_request
+
+    nodes, url, port = two_nodes
+    await bounded(nodes[0].daemon.ready())
+    await bounded(nodes[1].daemon.ready())
+    sse = await RawHTTP.open(port, get_request("/channels/scale/events"))
+    await bounded(sse.contains(b"retry:"))
+    ids = []
+    for i in range(4):  # nginx takes turns: both nodes publish
+        code, body = await post(f"{url}/channels/scale", b"m%d" % i)
+        assert code == 201, body
+        ids.append(json.loads(body)["id"])
+    data = await bounded(sse.count(b"id: ", 4))
+    assert [line[4:] for line in data.decode().split("\n") if line.startswith("id: ")] == ids
+    # the node holding the stream stops; its client comes back with its cursor
+    holder = next(n for n in nodes if n.registry.count("sse"))
+    other = next(n for n in nodes if n is not holder)
+    await bounded(holder.daemon.stopService())
+    # the drained stream ends (nginx keeps the client's connection for another request)
+    await bounded(sse.until(lambda data: data.endswith(b"\r\n0\r\n\r\n") or sse.ended))
+    sse.close()
+    missed = []
+    for i in range(2):
+        code, body = await post(f"{url}/channels/scale", b"late%d" % i)
+        assert code == 201, body
+        missed.append(json.loads(body)["id"])
+    again = await RawHTTP.open(
+        port, get_request("/channels/scale/events", f"Last-Event-ID: {ids[-1]}")
+    )
+    data = await bounded(again.count(b"id: ", 2))
+    got = [line[4:] for line in data.decode().split("\n") if line.startswith("id: ")]
+    assert got == missed and b"late0" in data and b"late1" in data
+    assert other.registry.count("sse") == 1
+    again.close()
