@@ -119,7 +119,7 @@ def _peer_host(request: Any) -> str:
     return str(getattr(address, "host", ""))
 
 
-PREFLIGHT_HEADERS = b"Content-Type, Last-Event-ID, If-None-Match"
+PREFLIGHT_HEADERS = b"Content-Type, Last-Event-ID, If-None-Match, Authorization"
 METHODS = b"GET, POST, DELETE, OPTIONS"
 
 
