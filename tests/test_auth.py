@@ -509,3 +509,43 @@ def test_patterns(names: tuple[str, ...], yes: list[str], no: list[str]) -> None
     match = patterns(names)
     assert all(match(c) for c in yes)
     assert not any(match(c) for c in no)
+
+
+def test_a_remembered_token_still_expires_on_the_daemons_clock(keys: Keys) -> None:
+    """Grants are kept per token string, but never past exp + leeway; a token
+    not valid yet is not kept as refused once its nbf comes."""
+    from twisted.internet.task import Clock
+
+    from pushd.auth import Tokens, Unauthorized
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    tokens = Tokens(Auth(key=list(keys.tables), audience=AUDIENCE, leeway=5), clock)
+    claims = {**keys.claims(subscribe=["news"]), "exp": 1_000_100}
+    token = keys.rs256(claims)
+    assert tokens.grants(token).subscribe("news")
+    clock.advance(104)  # exp + leeway not yet passed
+    assert tokens.grants(token).exp == 1_000_100
+    clock.advance(2)
+    with pytest.raises(Unauthorized, match="expired"):
+        tokens.grants(token)
+    later = keys.rs256({**keys.claims(publish=["a"]), "nbf": 1_000_200, "exp": 1_000_900})
+    with pytest.raises(Unauthorized, match="not valid yet"):
+        tokens.grants(later)
+    clock.advance(100)
+    assert tokens.grants(later).publish("a")
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_key_tokens_are_not_looked_at(running: Any) -> None:
+    """No key: an auth frame is answered ok (no token is needed for anything),
+    and a request's token, even garbage, changes nothing."""
+    client = await ws_open(running, "/ws?token=garbage")
+    try:
+        client.send({"type": "auth", "token": "garbage"})
+        assert await client.barrier() == [{"type": "auth", "ok": True, "exp": None}]
+    finally:
+        client.transport.abortConnection()
+    url = running.url + "/channels/news"
+    assert (await call("POST", url, data=b"x", headers=bearer("garbage")))[0] == 201
+    assert (await call("GET", url + "/poll?token=garbage"))[0] == 200
