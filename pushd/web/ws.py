@@ -316,7 +316,9 @@ class WsProtocol(WebSocketServerProtocol):
                 self.ctx.authorize(self, "subscribe", self.url_channel)
         except PushdError as e:
             self._deny_headers = [(k.decode(), v.decode()) for k, v in e.headers]
-            raise ConnectionDeny(e.status, e.message) from None
+            # the message is the status line's reason: printable ASCII only
+            reason = "".join(c if " " <= c <= "~" else "?" for c in e.message)
+            raise ConnectionDeny(e.status, reason) from None
 
     def failHandshake(
         self, reason: str, code: int = 400, responseHeaders: Any = None
