@@ -99,6 +99,42 @@ class Web:
     demo: bool = True  # serve the demo page at /
 
 
+@dataclass
+class AuthKey:
+    """One ``[[auth.key]]`` table: a key tokens may be signed with.
+
+    Its algorithm is pinned: a token whose header names another is not tried
+    against it, so an RS256 public key can never serve as an HMAC secret.
+    """
+
+    alg: str = ""  # HS256/384/512 (a secret) or RS*, PS*, ES*, EdDSA (a public key file)
+    secret: str = ""  # an HMAC secret, inline
+    secret_file: str = ""  # or read from this file (one trailing newline dropped)
+    public_key_file: str = ""  # a PEM public key, for the asymmetric algorithms
+    kid: str = ""  # when set, tokens whose header names this kid use this key alone
+
+
+@dataclass
+class Auth:
+    """``[auth]``: who may read and publish once keys are configured (pushd.auth)."""
+
+    # channel patterns readable without a token; None: every channel ("*")
+    # while no key is configured, none once one is
+    public: list[str] | None = None
+    cookie: str = "pushd_token"  # the cookie a token may come in
+    audience: str = ""  # the `aud` a token must name; "" = not checked
+    issuer: str = ""  # the `iss` a token must name; "" = not checked
+    grace: float = 30.0  # seconds a WebSocket has to send a new token after expiry
+    leeway: float = 5.0  # seconds of clock skew allowed on exp and nbf
+    key: list[AuthKey] = field(default_factory=list)
+
+    def public_patterns(self) -> list[str]:
+        """``public`` with its default applied."""
+        if self.public is not None:
+            return self.public
+        return [] if self.key else ["*"]
+
+
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 SECTIONS = {
     "history": History,
@@ -136,6 +172,7 @@ class Settings:
     drain: Drain = field(default_factory=Drain)
     metrics: Metrics = field(default_factory=Metrics)
     web: Web = field(default_factory=Web)
+    auth: Auth = field(default_factory=Auth)
     # "memory" (this process alone) or "redis://[:password@]host:port/db"
     # ("rediss://" for TLS): channels, ids and history shared by every node
     broker: str = "memory"
@@ -182,6 +219,22 @@ def _section(name: str, cls: type, table: Any) -> Any:
     return cls(**values)
 
 
+def _auth(table: Any) -> Auth:
+    """``[auth]`` and its ``[[auth.key]]`` tables, each key checked like a section."""
+    if not isinstance(table, dict):
+        raise ConfigError("[auth] must be a table")
+    rest = dict(table)
+    keys = rest.pop("key", [])
+    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+        raise ConfigError("[auth] key must be a list of [[auth.key]] tables")
+    public = rest.pop("public", None)
+    auth: Auth = _section("auth", Auth, rest)
+    if public is not None:
+        auth.public = _coerce("[auth] public", public, list[str])
+    auth.key = [_section("auth.key", AuthKey, k) for k in keys]
+    return auth
+
+
 def parse(data: dict[str, Any]) -> Settings:
     """Build Settings from a parsed TOML document."""
     settings = Settings()
@@ -190,6 +243,8 @@ def parse(data: dict[str, Any]) -> Settings:
             setattr(settings, key, _section(key, SECTIONS[key], value))
         elif key in ("listen", "allowed_origins", "allowed_hosts", "trusted_proxies"):
             setattr(settings, key, _coerce(key, value, list[str]))
+        elif key == "auth":
+            settings.auth = _auth(value)
         elif key == "broker":
             settings.broker = _coerce(key, value, str)
         elif key == "broker_timeout":
@@ -254,6 +309,21 @@ def check(settings: Settings) -> None:
             raise ConfigError(f"broker must be \"memory\" or a redis:// URL: {e}") from None
     if settings.broker_timeout <= 0:
         raise ConfigError("broker_timeout must be more than 0 seconds")
+    check_auth(settings.auth)
+
+
+def check_auth(auth: Auth) -> None:
+    """``[auth]``'s rules; each key is loaded (its file read) to be sure it works."""
+    if not auth.cookie:
+        raise ConfigError("[auth] cookie must name a cookie")
+    if auth.public is not None and not auth.key and auth.public != ["*"]:
+        raise ConfigError(
+            "[auth] public limits reading only once an [[auth.key]] is configured: "
+            "add a key, or remove public"
+        )
+    from pushd.auth import load_keys
+
+    load_keys(auth.key)
 
 
 def replace(settings: Settings, section: str, **changes: Any) -> None:

@@ -14,6 +14,10 @@ import json
 class PushdError(Exception):
     """A client-visible failure with an HTTP status and a stable code."""
 
+    # headers its answer carries (a 401's WWW-Authenticate), set on the
+    # instance by the errors that need them
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -82,6 +82,20 @@ def test_the_example_config_is_valid_and_documents_every_setting() -> None:
         assert f"[{section}]" in text
         for field in fields(cls):
             assert f"\n{field.name} = " in text, f"[{section}] {field.name} is not documented"
+    # [auth]: `public` and the [[auth.key]] tables have no value to show, so
+    # they are documented commented out
+    from pushd.config import Auth, AuthKey
+
+    assert "\n[auth]\n" in text
+    for field in fields(Auth):
+        if field.name == "public":
+            assert "\n# public = " in text
+        elif field.name == "key":
+            assert "\n# [[auth.key]]\n" in text
+        else:
+            assert f"\n{field.name} = " in text, f"[auth] {field.name} is not documented"
+    for field in fields(AuthKey):
+        assert f"\n# {field.name} = " in text, f"[[auth.key]] {field.name} is not documented"
 
 
 BAD_FILES = [

@@ -6,6 +6,7 @@ from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 
+from pushd.auth import Tokens
 from pushd.broker.interface import Broker
 from pushd.config import Settings
 from pushd.fanout import Flusher, Group
@@ -36,8 +37,13 @@ class Context:
         # (pushd.web.access): authorize(who, action, channel) raises a
         # PushdError to refuse. ``who`` is the HTTP request or the WebSocket
         # connection; actions are "subscribe", "publish", "manage" (GET or
-        # DELETE of a channel) and "admin" (/metrics, /status).
+        # DELETE of a channel) and "admin" (/metrics, /status). With no
+        # [[auth.key]] tokens are not looked at (tokens is None).
+        self.tokens: Tokens | None = None
         self.authorize: Callable[[object, str, str], None] = local_only(self.clients)
+        if settings.auth.key:
+            self.tokens = Tokens(settings.auth, clock)
+            self.authorize = self.tokens.authorizer(self.clients)
         # (channel, wire format) -> the streams that share its frames
         self.groups: dict[tuple[str, str], Group] = {}
 

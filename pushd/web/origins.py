@@ -95,7 +95,7 @@ class HostPolicy:
         return known
 
 
-PREFLIGHT_HEADERS = b"Content-Type, Last-Event-ID, If-None-Match"
+PREFLIGHT_HEADERS = b"Content-Type, Last-Event-ID, If-None-Match, Authorization"
 METHODS = b"GET, POST, DELETE, OPTIONS"
 
 

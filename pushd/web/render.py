@@ -30,10 +30,13 @@ from pushd.web.request import error_response
 
 
 def error(request: IRequest, e: PushdError) -> bytes:
-    """The JSON body of ``e``, with its status (and ``Retry-After`` at a limit)."""
+    """The JSON body of ``e``, with its status (and ``Retry-After`` at a
+    limit, ``WWW-Authenticate`` on a 401: its ``headers``)."""
     retry_after = getattr(e, "retry_after", None)
     if retry_after is not None:
         request.setHeader(b"Retry-After", b"%d" % retry_after)
+    for name, value in e.headers:
+        request.setHeader(name, value)
     return error_response(request, e)
 
 

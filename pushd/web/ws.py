@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pushd import compat
+from pushd.auth import Tokens
 from pushd.errors import PushdError, bad_request
 from pushd.fanout import Group
 from pushd.model import Message, Payload, check_channel, check_event, json_payload, loads_json
@@ -81,7 +82,12 @@ class Ping:
     pass
 
 
-Command = Subscribe | Unsubscribe | Publish | Ping
+@dataclass(frozen=True)
+class Auth:
+    token: str  # replaces the connection's token (DESIGN "Who may publish and read")
+
+
+Command = Subscribe | Unsubscribe | Publish | Ping | Auth
 
 # The fields each command may carry: an unknown one (a typo such as "sinse")
 # is an error rather than silently ignored.
@@ -90,6 +96,7 @@ _FIELDS = {
     "unsubscribe": frozenset({"type", "channel"}),
     "publish": frozenset({"type", "channel", "data", "event"}),
     "ping": frozenset({"type"}),
+    "auth": frozenset({"type", "token"}),
 }
 
 
@@ -121,6 +128,11 @@ def parse_command(payload: bytes, is_binary: bool) -> Command:
         raise _bad_frame(f"unknown field {unknown[0][:40]!r} in {kind}")
     if kind == "ping":
         return Ping()
+    if kind == "auth":
+        token = obj.get("token")
+        if not isinstance(token, str) or not token:
+            raise _bad_frame("auth needs a token (a string)")
+        return Auth(token)
     channel = check_channel(obj.get("channel"))
     if kind == "subscribe":
         since = obj.get("since")
@@ -134,8 +146,16 @@ def parse_command(payload: bytes, is_binary: bool) -> Command:
     return Publish(channel, json_payload(obj["data"], checked=True), check_event(obj.get("event")))
 
 
-def error_object(error: PushdError) -> dict[str, Any]:
-    return {"type": "error", "code": error.code, "message": error.message}
+def error_object(error: PushdError, channel: str | None = None) -> dict[str, Any]:
+    """An error frame; it names the channel of the frame it answers, if any."""
+    obj: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
+    if channel is not None:
+        obj["channel"] = channel
+    return obj
+
+
+def _latin1(value: str | None) -> bytes | None:
+    return None if value is None else value.encode("latin-1")
 
 
 PONG = dumps({"type": "pong"})
@@ -254,6 +274,10 @@ class WsProtocol(WebSocketServerProtocol):
 
     # -- handshake and lifetime --------------------------------------------
     handshake_headers: dict[str, str] = {}
+    # The token the authorization hook judges this connection by (pushd.auth):
+    # the handshake's, then each accepted auth frame's.
+    bearer: str | None = None
+    _deny_headers: list[tuple[str, str]] | None = None
 
     @property
     def peer_host(self) -> str:
@@ -273,7 +297,37 @@ class WsProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         since = request.params.get("since")
         self._open_since = since[0] if since and since[0] else None
+        tokens = self.ctx.tokens
+        if tokens is not None:  # keys are configured: judge the handshake's token
+            self._check_handshake(tokens, request)
         return None
+
+    def _check_handshake(self, tokens: Tokens, request: ConnectionRequest) -> None:
+        """Refuse (401/403) a bad token, or a channel URL the client may not read."""
+        headers = request.headers
+        self.bearer = tokens.from_request(
+            lambda name: _latin1(headers.get(name.decode("latin-1"))),
+            [v.encode("latin-1") for v in request.params.get("token", ())],
+        )
+        try:
+            if self.bearer is not None:
+                tokens.grants(self.bearer)
+            if self.url_channel is not None:
+                self.ctx.authorize(self, "subscribe", self.url_channel)
+        except PushdError as e:
+            self._deny_headers = [(k.decode(), v.decode()) for k, v in e.headers]
+            # the message is the status line's reason: printable ASCII only
+            reason = "".join(c if " " <= c <= "~" else "?" for c in e.message)
+            raise ConnectionDeny(e.status, reason) from None
+
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: Any = None
+    ) -> None:
+        """A refused handshake's answer carries its error's headers (a 401's
+        ``WWW-Authenticate``)."""
+        if self._deny_headers:
+            responseHeaders = [*(responseHeaders or ()), *self._deny_headers]
+        super().failHandshake(reason, code, responseHeaders)
 
     def onOpen(self) -> None:
         self.deflate = compat.compresses(self)
@@ -288,16 +342,24 @@ class WsProtocol(WebSocketServerProtocol):
         self.counts = self.ctx.registry.deliveries  # per transport, bumped per delivery
         self.ctx.registry.opened(TRANSPORT, self)
         if self.url_channel is not None:
-            self.act(Subscribe(self.url_channel, self._open_since))
+            try:
+                self.act(Subscribe(self.url_channel, self._open_since))
+            except PushdError as e:
+                self.send_json(error_object(e, self.url_channel))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._holding is not None:  # reading is paused; at most one read's frames
             self._held.append((payload, isBinary))
             return
         try:
-            self.act(parse_command(payload, isBinary))
+            command = parse_command(payload, isBinary)
         except PushdError as e:
             self.send_json(error_object(e))
+            return
+        try:
+            self.act(command)
+        except PushdError as e:
+            self.send_json(error_object(e, getattr(command, "channel", None)))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._stop()
@@ -324,6 +386,18 @@ class WsProtocol(WebSocketServerProtocol):
                 self.publish(channel, data, event)
             case Ping():
                 self.send_payload(PONG)
+            case Auth(token):
+                self.authenticate(token)
+
+    def authenticate(self, token: str) -> None:
+        """An auth frame: a valid token replaces the connection's; a bad one
+        is an error frame and the old token stays."""
+        tokens = self.ctx.tokens
+        exp = None
+        if tokens is not None:  # with no key, tokens are not looked at
+            exp = tokens.grants(token).exp
+            self.bearer = token
+        self.send_json({"type": "auth", "ok": True, "exp": None if exp is None else int(exp)})
 
     def subscribe(self, channel: str, since: str | None) -> None:
         if channel in self.feeds:
