@@ -479,3 +479,61 @@ def test_served_files(pushd: PushdProcess) -> None:
     assert b"http" not in html.replace(b"http-equiv", b"")  # no CDN, no external font
     assert get(pushd.url + "/static/../tap.py")[0] == 404
     assert json.loads(get(pushd.url + "/static/nope.js")[2])["error"] == "not_found"
+
+
+# -- tokens ---------------------------------------------------------------------------
+SECRET = "browser-test-secret-of-at-least-32-bytes"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: Any) -> Any:
+    """A daemon whose channels need a token (a key configured, nothing public)."""
+    config = f"""
+source = []
+[[auth.key]]
+alg = "HS256"
+secret = "{SECRET}"
+"""
+    daemon = PushdProcess(config, tmp_path_factory.mktemp("guarded"))
+    yield daemon
+    daemon.stop()
+
+
+def token(subscribe: list[str]) -> str:
+    import jwt
+
+    claims = {"sub": "page", "exp": int(time.time()) + 600, "pushd": {"subscribe": subscribe}}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_get_token_is_asked_before_every_connection_and_nothing_is_lost(
+    context: Any, guarded: PushdProcess, transport: str, request: Any
+) -> None:
+    ch = "secret-" + transport
+    page = test_page(context, guarded.url, guarded.url + "/pushd.js")
+    page.evaluate(
+        """([base, ch, transport, tok]) => {
+            T.tokens = 0;
+            T.start("s", base, ch, {
+                transport, pollInterval: 100,
+                getToken: async () => { T.tokens += 1; return tok; },
+            });
+            T.start("none", base, ch, { transport, pollInterval: 100 });
+        }""",
+        [guarded.url, ch, transport, token(["secret-*"])],
+    )
+    wait_open(page, "s")
+    first = [guarded.publish(ch, {"n": i}) for i in range(3)]
+    assert got(page, "s", 3)["ids"] == first
+    # the connection drops (as a network failure would): the page asks for a
+    # token again, resumes with its cursor and misses nothing published meanwhile
+    page.evaluate("() => T.subs.s.sub.reconnect()")
+    more = [guarded.publish(ch, {"n": i}) for i in range(3, 6)]
+    seen = got(page, "s", 6)
+    assert seen["ids"] == first + more
+    assert page.evaluate("() => T.tokens") >= 2
+    # without a token the same channel never opens
+    without = view(page, "none")
+    assert without["data"] == [] and "open:" + transport not in without["states"]
+    assert without["stats"]["failures"] >= 1

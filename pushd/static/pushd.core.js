@@ -112,6 +112,7 @@ function typedFrame(conn, text) {
   if (f.type === "message") conn.message(asMessage(f));
   else if (f.type === "reset") conn.reset(f.cursor === undefined ? null : f.cursor);
   else if (f.type === "closed") conn.channelClosed();
+  else if (f.type === "expired") conn.end(true); // back at once with a fresh token
 }
 
 // A poll or long-poll answer: {"messages": [...], "cursor": C, "reset"?, "closed"?}.
@@ -119,10 +120,17 @@ function pollAnswer(conn, body) {
   if (body.reset) conn.reset(body.cursor === undefined ? null : body.cursor);
   for (const m of body.messages || []) conn.message(asMessage(m));
   if (body.closed) conn.channelClosed();
+  else if (body.expired) conn.end(true); // back at once with a fresh token
 }
 
 async function fetchText(conn, url, init) {
-  const response = await fetch(url, Object.assign({ cache: "no-store" }, init));
+  init = Object.assign({ cache: "no-store" }, init);
+  const token = conn.sub._token;
+  if (token !== null) {
+    // fetch can send a header: the token stays out of URLs (and logs)
+    init.headers = Object.assign({}, init.headers, { Authorization: "Bearer " + token });
+  }
+  const response = await fetch(url, init);
   if (response.status === 304) return { response, text: null };
   if (!response.ok) throw new Error("pushd: HTTP " + response.status);
   const text = await response.text();
@@ -133,7 +141,8 @@ async function fetchText(conn, url, init) {
 // -- transports: each opens one connection for `conn` and returns its close() --
 const OPEN = {
   ws(sub, conn) {
-    const ws = new WebSocket(sub._url("ws", { since: sub.cursor }, true));
+    // A browser's WebSocket and EventSource cannot send headers: ?token=.
+    const ws = new WebSocket(sub._url("ws", { since: sub.cursor, token: sub._token }, true));
     ws.onopen = () => conn.open();
     ws.onmessage = (e) => {
       if (typeof e.data !== "string") return;
@@ -146,7 +155,9 @@ const OPEN = {
 
   sse(sub, conn) {
     // ?envelope=1: every message is the whole object, so id, event and time arrive.
-    const es = new EventSource(sub._url("events", { envelope: 1, lastEventId: sub.cursor }));
+    const es = new EventSource(
+      sub._url("events", { envelope: 1, lastEventId: sub.cursor, token: sub._token }),
+    );
     es.onopen = () => conn.open();
     es.onmessage = (e) => {
       conn.bytes(utf8Length(e.data));
@@ -159,6 +170,7 @@ const OPEN = {
       conn.reset(cursor === undefined ? null : cursor);
     });
     es.addEventListener("closed", () => conn.channelClosed());
+    es.addEventListener("expired", () => { es.close(); conn.end(true); });
     // Reconnect ourselves (backoff, fallback, one cursor), not EventSource's way.
     es.onerror = () => { es.close(); conn.end(false); };
     return () => es.close();
@@ -167,8 +179,10 @@ const OPEN = {
   stream(sub, conn) {
     const abort = new AbortController();
     (async () => {
+      const headers = sub._token === null ? {} : { Authorization: "Bearer " + sub._token };
       const response = await fetch(sub._url("stream", { since: sub.cursor }), {
         cache: "no-store",
+        headers,
         signal: abort.signal,
       });
       if (!response.ok || !response.body) throw new Error("pushd: HTTP " + response.status);
@@ -263,6 +277,10 @@ class Subscription {
     this.state = "connecting";
     this.stats = { messages: 0, bytes: 0, reconnects: 0, resets: 0, failures: 0 };
     this.pollInterval = options.pollInterval > 0 ? options.pollInterval : 2000;
+    // A token for channels that need one: a string, or getToken(), asked
+    // before every connection (a reconnect, or after the token expired).
+    this._token = typeof options.token === "string" ? options.token : null;
+    this._getToken = typeof options.getToken === "function" ? options.getToken : null;
     const backoff = options.backoff || {};
     this._backoff = {
       initial: backoff.initial > 0 ? backoff.initial : 1000,
@@ -376,6 +394,11 @@ class Subscription {
     }, this._openTimeout);
     conn.openTimer = openTimer;
     const start = async () => {
+      if (this._getToken !== null) {
+        const token = await this._getToken();
+        if (!conn.active) return;
+        this._token = token == null ? null : String(token);
+      }
       if (STREAMING.includes(name)) {
         // Subscribing without `since` would lose what is published while
         // reconnecting: learn the position first (still null for an empty

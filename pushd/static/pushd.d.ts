@@ -52,6 +52,14 @@ export interface Options<T = unknown> {
   backoff?: Backoff;
   /** A connection not open after this many ms counts as failed (default 10000). */
   openTimeout?: number;
+  /** A JWT for channels that need one (README "Security"): sent as
+   *  `Authorization: Bearer` where the transport can (fetch), else as `?token=`
+   *  (WebSocket, EventSource). */
+  token?: string;
+  /** Called before every connection (first, reconnects, and when the server
+   *  says the token expired); its token replaces `token`. The cursor is kept,
+   *  so nothing is lost across the renewal. */
+  getToken?: () => string | Promise<string>;
 }
 
 export interface Stats {
