@@ -291,6 +291,15 @@ class Tokens:
             cache[token] = grants
         return grants
 
+    def expires(self, who: Any) -> float | None:
+        """When the token ``who`` presents stops being valid (``exp`` plus the
+        leeway, on the daemon's clock), or None: no token, or no ``exp``."""
+        token = self.token_of(who)
+        if token is None:
+            return None
+        exp = self.grants(token).exp
+        return None if exp is None else exp + self.leeway
+
     # -- where a token comes from ---------------------------------------------------
     def token_of(self, who: Any) -> str | None:
         """The token ``who`` presents: a WebSocket connection's own, else the

@@ -16,7 +16,7 @@ from pushd.errors import PushdError, bad_request
 
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}\Z")
 EVENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
-RESERVED_EVENTS = frozenset({"reset", "closed"})
+RESERVED_EVENTS = frozenset({"reset", "closed", "expired"})
 DEFAULT_EVENT = "message"
 
 

@@ -130,6 +130,15 @@ def sse_closed(channel: str) -> bytes:
     return sse_frame(dumps({"channel": channel}).decode(), "closed")
 
 
+def expired_object(channel: str) -> dict[str, Any]:
+    return {"type": "expired", "channel": channel}
+
+
+def sse_expired(channel: str) -> bytes:
+    """The token behind the stream expired: come back with a fresh one."""
+    return sse_frame(dumps({"channel": channel}).decode(), "expired")
+
+
 def sse_retry(ms: int) -> bytes:
     return b"retry: %d\n\n" % ms
 
@@ -184,6 +193,7 @@ def poll_body(
     cursor: str | None,
     reset: bool = False,
     closed: bool = False,
+    expired: bool = False,
 ) -> bytes:
     """``{"messages": [...], "cursor": ...}`` from each message's cached JSON."""
     out = b'{"messages":[' + b",".join([encode(m, "json") for m in messages])
@@ -192,4 +202,6 @@ def poll_body(
         out += b',"reset":true'
     if closed:
         out += b',"closed":true'
+    if expired:
+        out += b',"expired":true'
     return out + b"}"

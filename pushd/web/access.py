@@ -91,8 +91,24 @@ def subscribe(
     reader = open_reader()
     sub = ctx.broker.subscribe(channel, reader, since or None)
     reader.subscription = sub
+    if ctx.tokens is not None:
+        _expire_with_token(ctx, who, reader)
     then(sub.when_live(), _live, ctx, reader, sub)
     return reader
+
+
+def _expire_with_token(ctx: Context, who: object, reader: Reader) -> None:
+    """End ``reader`` the moment the token it was allowed by expires.
+
+    A stream or a held long-poll says ``expired`` in its own way (its
+    ``expire``); a WebSocket's token is the connection's, which handles its
+    expiry itself (pushd.web.ws), so its channel readers have no ``expire``.
+    """
+    expire = getattr(reader, "expire", None)
+    at = ctx.tokens.expires(who) if ctx.tokens is not None else None
+    if expire is None or at is None or reader.ended:
+        return
+    reader.expiry = ctx.clock.callLater(max(0.0, at - ctx.clock.seconds()), expire)  # type: ignore[attr-defined]
 
 
 def _live(_: object, ctx: Context, reader: Reader, sub: Subscription) -> None:

@@ -39,6 +39,7 @@ class Waiter:
         self.answer: Deferred[bytes] = Deferred(lambda d: self._stop())
         self.subscription: Any = None
         self.timer: Any = None
+        self.expiry: Any = None  # when the token behind it expires (pushd.web.access)
 
     def hold(self, timeout: float) -> Waiter:
         """Count the request as held and start its timeout; then subscribe it."""
@@ -72,6 +73,12 @@ class Waiter:
         self.subscription = None
         self._answer(poll_body([], self.cursor, closed=True))
 
+    def expire(self) -> None:
+        """The token behind the held request expired: answer so; the client
+        asks again with a fresh token and the same cursor."""
+        self.expiry = None
+        self._answer(poll_body([], self.cursor, expired=True))
+
     def end_politely(self) -> None:
         """Timeout or drain: nothing new, here is the same cursor."""
         self.timer = None
@@ -88,6 +95,9 @@ class Waiter:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
+        if self.expiry is not None and self.expiry.active():
+            self.expiry.cancel()
+        self.expiry = None
         if self.subscription is not None:
             self.subscription.cancel()
             self.subscription = None

@@ -19,7 +19,7 @@ from pushd.web import access
 from pushd.web.context import Context
 from pushd.web.request import arg, header
 from pushd.web.streamer import TAKEN_OVER, Streamer
-from pushd.wire import closed_object, dumps, encode, reset_object
+from pushd.wire import closed_object, dumps, encode, expired_object, reset_object
 
 
 class NdjsonStreamer(Streamer):
@@ -31,6 +31,9 @@ class NdjsonStreamer(Streamer):
 
     def closed_bytes(self, channel: str) -> bytes:
         return dumps(closed_object(channel)) + b"\n"
+
+    def expired_bytes(self, channel: str) -> bytes:
+        return dumps(expired_object(channel)) + b"\n"
 
     def heartbeat_bytes(self) -> bytes:
         return b"\n"

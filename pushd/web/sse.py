@@ -18,7 +18,7 @@ from pushd.web import access
 from pushd.web.context import Context
 from pushd.web.request import arg, header
 from pushd.web.streamer import TAKEN_OVER, Streamer
-from pushd.wire import sse_closed, sse_reset, sse_retry
+from pushd.wire import sse_closed, sse_expired, sse_reset, sse_retry
 
 
 class SseStreamer(Streamer):
@@ -30,6 +30,9 @@ class SseStreamer(Streamer):
 
     def closed_bytes(self, channel: str) -> bytes:
         return sse_closed(channel)
+
+    def expired_bytes(self, channel: str) -> bytes:
+        return sse_expired(channel)
 
     def heartbeat_bytes(self) -> bytes:
         return b":\n\n"

@@ -120,6 +120,7 @@ class Streamer(Protocol):
     groupable = True  # the same bytes as every other stream of its format (not gzip)
     log = Logger()
     _waiters: list[Deferred[None]] | None = None  # made only when someone waits
+    expiry: Any = None  # when the token behind it expires (pushd.web.access)
 
     def __init__(
         self,
@@ -175,6 +176,9 @@ class Streamer(Protocol):
         raise NotImplementedError
 
     def closed_bytes(self, channel: str) -> bytes:
+        raise NotImplementedError
+
+    def expired_bytes(self, channel: str) -> bytes:
         raise NotImplementedError
 
     def heartbeat_bytes(self) -> bytes:
@@ -247,6 +251,13 @@ class Streamer(Protocol):
     def joined(self, group: Group) -> None:
         self.group = group
 
+    def expire(self) -> None:
+        """The token behind this stream expired: say so, then end; the client
+        comes back with a fresh token and its cursor (pushd.web.access)."""
+        self.expiry = None
+        self.write(self.expired_bytes(self.channel))
+        self.end()
+
     def end_politely(self) -> None:
         """Drain: say goodbye in this transport's way, then end."""
         self.write(self.goodbye_bytes())
@@ -294,6 +305,8 @@ class Streamer(Protocol):
         if self.ended:
             return False
         self.ended = True
+        if self.expiry is not None and self.expiry.active():
+            self.expiry.cancel()
         self.ctx.registry.bytes_sent[self.name] += self.outlet.sent
         self.heartbeat_timer.discard(self)
         self.ctx.registry.closed(self.name, self)

@@ -341,6 +341,7 @@ class WsProtocol(WebSocketServerProtocol):
         transport.registerProducer(self.outlet, True)
         self.counts = self.ctx.registry.deliveries  # per transport, bumped per delivery
         self.ctx.registry.opened(TRANSPORT, self)
+        self._arm_expiry()
         if self.url_channel is not None:
             try:
                 self.act(Subscribe(self.url_channel, self._open_since))
@@ -398,6 +399,44 @@ class WsProtocol(WebSocketServerProtocol):
             exp = tokens.grants(token).exp
             self.bearer = token
         self.send_json({"type": "auth", "ok": True, "exp": None if exp is None else int(exp)})
+        self._arm_expiry()
+
+    # -- the token's expiry ---------------------------------------------------
+    _expiry: Any = None  # fires when the connection's token expires
+    _grace: Any = None  # fires when the grace after that is over
+
+    def _arm_expiry(self) -> None:
+        """Watch the connection's token: when it expires the client is told
+        ``{"type":"expired"}`` and has ``[auth] grace`` seconds to send an
+        auth frame with a new one; messages keep flowing meanwhile, so a
+        renewal loses nothing. Without one the connection closes with 4001."""
+        self._disarm_expiry()
+        tokens = self.ctx.tokens
+        if tokens is None or self.bearer is None:
+            return
+        clock = self.ctx.clock
+        try:
+            at = tokens.expires(self)
+        except PushdError:  # expired since it was checked: now
+            at = clock.seconds()
+        if at is not None:
+            self._expiry = clock.callLater(max(0.0, at - clock.seconds()), self._expired)
+
+    def _disarm_expiry(self) -> None:
+        for timer in (self._expiry, self._grace):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._expiry = self._grace = None
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.send_json({"type": "expired"})
+        self._grace = self.ctx.clock.callLater(self.ctx.settings.auth.grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendClose(code=4001, reason="the token expired")
 
     def subscribe(self, channel: str, since: str | None) -> None:
         if channel in self.feeds:
@@ -567,6 +606,7 @@ class WsProtocol(WebSocketServerProtocol):
         if self.ended:
             return
         self.ended = True
+        self._disarm_expiry()
         feeds, self.feeds = self.feeds, {}
         for feed in feeds.values():
             feed.cancel()
