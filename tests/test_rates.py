@@ -26,7 +26,7 @@ from pushd.config import ConfigError, Settings, parse
 from pushd.rates import Buckets
 from tests.clients import RawHTTP, _RawProtocol, get_request, split_response
 from tests.test_auth import Keys, bearer, call, stored, ws_open
-from tests.test_ops_support import bounded
+from tests.test_ops_support import bounded, ws_handshake
 
 OTHER = {"X-Forwarded-For": "127.0.0.2"}  # another loopback client, as the trusted proxy says
 
@@ -260,6 +260,11 @@ async def test_connections_over_the_rate_get_429_and_another_address_is_not_slow
     assert headers["connection"] == "close"
     assert json.loads(body)["error"] == "rate_limited"
     assert "connect_rate" in json.loads(body)["message"]
+    # a WebSocket handshake over the rate is refused the same way, not upgraded
+    raw = await RawHTTP.open(port, ws_handshake("/ws"))
+    await bounded(raw.until(lambda _: raw.ended))
+    status, headers, _ = split_response(raw.data)
+    assert (status, headers["retry-after"]) == (b"HTTP/1.1 429 Too Many Requests", "1")
     # the operational URLs are answered all the same
     status, _, _ = await exchange(port, "/healthz")
     assert status == b"HTTP/1.1 200 OK"
