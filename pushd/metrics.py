@@ -124,7 +124,7 @@ class PushdCollector(Collector):
         )
         yield CounterMetricFamily(
             "pushd_http_connections_refused",
-            "Requests answered 503 because a connection limit was reached.",
+            "Requests answered 503 at a connection limit, or 429 over [limits] connect_rate.",
             value=conns.refused,
         )
         yield GaugeMetricFamily(

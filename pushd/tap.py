@@ -27,6 +27,7 @@ from pushd import compat, config, sources
 from pushd.broker.memory import MemoryBroker
 from pushd.config import ConfigError, Settings
 from pushd.metrics import metrics_resource, ops_root
+from pushd.rates import Buckets
 from pushd.registry import Registry
 from pushd.server import HttpServer, WebBridge
 from pushd.systemd import Notifier
@@ -204,6 +205,8 @@ class Daemon(MultiService):
         self.site.connections.max_total = limits.max_connections
         self.site.connections.max_per_address = limits.max_connections_per_address
         self.site.retry_after = limits.retry_after
+        if limits.connect_rate:
+            self.site.connect_rates = Buckets(limits.connect_rate, reactor)
         self.site.draining = lambda: self.registry.draining
         self.listeners = [Listener(e, self.site, reactor) for e in settings.listen]
         for listener in self.listeners:

@@ -16,7 +16,9 @@ full or the socket cannot take more. What it adds for a public-facing daemon:
   whole body, and an idle one between keep-alive requests;
 - connection counting and limits: a connection accepted past a limit
   answers one request (``503``, or the operational URLs) and is closed once
-  that answer is written, whatever it keeps sending.
+  that answer is written, whatever it keeps sending; one accepted over the
+  rate of new connections from its address (``connect_rate``) the same, with
+  ``429``.
 
 Errors are JSON ``{"error": code, "message": text}`` and close the
 connection. What answers a request is the factory's ``handle`` (a
@@ -62,6 +64,7 @@ REASONS = {
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
 }
@@ -237,6 +240,9 @@ class HttpServer(Factory):
         self.responses: Counter[int] = Counter()
         self.retry_after = retry_after
         self.draining = draining
+        # [limits] connect_rate: new connections a second per peer address
+        # (pushd.rates.Buckets on the clock); None: no limit
+        self.connect_rates: Any = None
 
     def logPrefix(self) -> str:
         # The start-up line "PushdSite starting on <port>" is what scripts
@@ -245,6 +251,13 @@ class HttpServer(Factory):
 
     def buildProtocol(self, addr: IAddress) -> HttpConnection:
         host = str(getattr(addr, "host", ""))
+        rates = self.connect_rates
+        if rates is not None:
+            wait = rates.take(host)
+            if wait:  # answered like a connection past a limit, with 429
+                conn = HttpConnection(self, host, True)
+                conn.rate_wait = wait
+                return conn
         return HttpConnection(self, host, self.connections.over_limit(host))
 
     # Connections plays the WrappingFactory part for the wrapper.
@@ -336,6 +349,7 @@ class HttpConnection(Protocol):
     _continue_pending = False
     _keep = True  # the current response leaves the connection open
     _sock: Any = None  # plain TCP: the socket compat.send may send on
+    rate_wait = 0  # over [limits] connect_rate: seconds to wait (its 429's Retry-After)
 
     def __init__(self, server: HttpServer, peer_host: str, over_limit: bool) -> None:
         self.factory = server  # type: ignore[assignment]
@@ -532,6 +546,19 @@ class HttpConnection(Protocol):
         if path not in ALWAYS_SERVED:
             if self.over_limit:
                 self.server.connections.refused += 1
+                if self.rate_wait:
+                    log.warn(
+                        "refused {method} {path} from {peer}: connection rate reached",
+                        method=method.decode("latin-1"),
+                        path=path.decode("latin-1", "replace")[:200],
+                        peer=self.peer_host,
+                    )
+                    raise HttpError(
+                        429, "rate_limited",
+                        "too many new connections from this address ([limits] connect_rate); "
+                        f"retry in {self.rate_wait} s",
+                        self.rate_wait,
+                    )
                 log.warn(
                     "refused {method} {path} from {peer}: connection limit reached",
                     method=method.decode("latin-1"),

@@ -64,10 +64,33 @@ def publish(
     ctx: Context, who: object, items: Sequence[tuple[str, Payload, str]]
 ) -> Deferred[list[Message]]:
     """Every client publish (HTTP one, HTTP batch, WebSocket frame): each
-    channel checked and allowed (:func:`allow`), then stored all or nothing."""
+    channel checked and allowed (:func:`allow`), the publisher's rate taken
+    (:func:`limit_rate`; a batch costs one per message), then stored all or
+    nothing."""
     for channel, _, _ in items:
         allow(ctx, who, "publish", channel)
+    if ctx.publish_rates is not None:
+        limit_rate(ctx, who, len(items))
     return ctx.broker.publish_many(items)
+
+
+def limit_rate(ctx: Context, who: object, cost: int) -> None:
+    """``[limits] publish_rate``: take ``cost`` publishes from the bucket of
+    ``who``'s token subject, else of its client address; raises
+    :class:`~pushd.rates.RateLimited` (429) over the rate.
+
+    Runs after :func:`allow`, so a token here has been verified (its grants
+    are cached) and a refused publish takes nothing from anyone's bucket.
+    """
+    rates = ctx.publish_rates
+    assert rates is not None
+    sub = None
+    tokens = ctx.tokens
+    if tokens is not None:
+        token = tokens.token_of(who)
+        if token is not None:
+            sub = tokens.grants(token).sub
+    rates.check(sub, ctx.clients.address(who) if sub is None else "", cost)
 
 
 def read(

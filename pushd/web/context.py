@@ -10,6 +10,7 @@ from pushd.auth import Tokens
 from pushd.broker.interface import Broker
 from pushd.config import Settings
 from pushd.fanout import Flusher, Group
+from pushd.rates import PublishRates
 from pushd.registry import Registry
 from pushd.web.clients import Clients, local_only
 
@@ -44,6 +45,9 @@ class Context:
         if settings.auth.key:
             self.tokens = Tokens(settings.auth, clock)
             self.authorize = self.tokens.authorizer(self.clients)
+        # [limits] publish_rate's buckets (pushd.web.access.publish); None: no limit
+        rate = settings.limits.publish_rate
+        self.publish_rates = PublishRates(rate, clock) if rate else None
         # (channel, wire format) -> the streams that share its frames
         self.groups: dict[tuple[str, str], Group] = {}
 
