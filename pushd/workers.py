@@ -1,0 +1,259 @@
+"""Several pushd processes on one host sharing the listeners (``workers = N``).
+
+One Python process uses one core. With ``workers = N`` the process twistd
+starts (the *parent*, worker 0) binds every listener, serves like any other
+worker, and starts N-1 more ``twistd -n pushd`` processes with the same
+settings. Each of them is handed the parent's listening sockets and adopts
+them (``reactor.adoptStreamPort``) instead of binding: the kernel then
+spreads new connections over every process that accepts on the socket.
+All of them must share one broker, Redis (``pushd.config.check`` refuses
+the memory broker), so a message published on a connection served by one
+process reaches subscribers served by another.
+
+What the parent owns:
+
+- **Start-up**: systemd's ``READY=1`` goes out once every worker has said it
+  serves (``/readyz`` stays per process).
+- **Crashes**: a worker that dies while the parent is not stopping is
+  started again, after a delay that doubles from 0.2 s up to 10 s while it
+  keeps dying before it ever served for 10 s, so a crash loop cannot spin.
+- **Stopping**: the parent's drain sends SIGTERM to every worker (each
+  drains itself the same way) and the parent exits once they all have,
+  killing any still there a few seconds after the drain timeout.
+
+The wire between parent and worker is three inherited descriptors and an
+environment variable: ``$PUSHD_WORKER`` is the worker's index; fd 0 is a
+pipe from the parent that the worker only reads to notice the parent is
+gone (EOF: it drains and exits rather than serving orphaned); fd 3 is a
+pipe to the parent on which it writes ``ready`` once it serves; fds 4, 5,
+... are the listening sockets in the order of ``listen`` (then ``[metrics]
+listen``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any, Callable, Mapping
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+WORKER_ENV = "PUSHD_WORKER"
+CONTROL_FD = 3  # worker -> parent: "ready\n"
+FIRST_LISTEN_FD = 4
+TWISTD = "from twisted.scripts.twistd import run; run()"
+# systemd talks to the parent alone: a worker told these would claim MAINPID.
+PARENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
+
+def worker_index(environ: Mapping[str, str]) -> int:
+    """This process's index: 0 for the parent (or a lone daemon), 1.. for a worker."""
+    try:
+        return max(0, int(environ.get(WORKER_ENV, "0")))
+    except ValueError:
+        return 0
+
+
+def adopt(reactor: Any, fd: int, factory: IProtocolFactory) -> IListeningPort:
+    """Accept on the inherited listening socket ``fd`` (tcp or unix).
+
+    ``adoptStreamPort`` duplicates the descriptor, so ours is closed after;
+    an adopted port is closed, never shut down, when it stops listening, so
+    a worker that stops does not stop the others' accepting.
+    """
+    probe = socket.socket(fileno=fd)  # only to learn the address family
+    try:
+        return reactor.adoptStreamPort(fd, probe.family, factory)  # type: ignore[no-any-return]
+    finally:
+        probe.close()
+
+
+def worker_command(options: Any) -> list[str]:
+    """``twistd -n pushd`` with the parent's pushd arguments and log settings.
+
+    Workers never daemonize and write no pidfile (the parent's is the
+    service's); they log where the parent logs.
+    """
+    top = ["-n", "--pidfile="]
+    parent = getattr(options, "parent", None)
+    if parent is not None:
+        logger = parent.get("logger")
+        if logger is not None:
+            if not isinstance(logger, str):
+                logger = f"{logger.__module__}.{logger.__qualname__}"
+            top.append(f"--logger={logger}")
+        logfile = parent.get("logfile")
+        if logfile:
+            top.append(f"--logfile={logfile if logfile == '-' else os.path.abspath(logfile)}")
+    return [sys.executable, "-c", TWISTD, *top, "pushd", *getattr(options, "argv", [])]
+
+
+class ParentLink(Protocol):
+    """A worker's end of the parent's pipes: says ``ready``, notices the parent going."""
+
+    def __init__(self, on_parent_gone: Callable[[], None]) -> None:
+        self.on_parent_gone = on_parent_gone
+
+    def ready(self) -> None:
+        if self.transport is not None:
+            self.transport.write(b"ready\n")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.on_parent_gone()
+
+
+class WorkerProcess(ProcessProtocol):
+    """The parent's handle on one worker process."""
+
+    def __init__(self, pool: Workers, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.pid: int | None = None
+        self.started_at = 0.0
+        self.ready = False
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd == CONTROL_FD and b"ready" in data and not self.ready:
+            self.ready = True
+            self.pool._ready(self)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.pool._ended(self, reason)
+
+    def signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)  # type: ignore[union-attr]
+        except (ProcessExitedAlready, OSError):
+            pass
+
+
+class Workers:
+    """The parent's side: starts workers 1..N-1, restarts the dead, stops them all."""
+
+    FIRST_DELAY = 0.2  # seconds before a dead worker is started again
+    MAX_DELAY = 10.0
+    STEADY = 10.0  # a worker that served this long died of something new: no backoff
+
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        command: list[str],
+        environ: Mapping[str, str],
+        cwd: str | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.command = command
+        self.environ = {k: v for k, v in environ.items() if k not in PARENT_ONLY_ENV}
+        self.cwd = cwd
+        self.fds: list[int] = []
+        self.procs: dict[int, WorkerProcess] = {}
+        self.delays = dict.fromkeys(range(1, count), self.FIRST_DELAY)
+        self.timers: dict[int, Any] = {}
+        self.stopping = False
+        self.restarts = 0
+        self._waiting_ready = set(range(1, count))
+        self._ready_d: Deferred[None] = Deferred()
+        self._gone: list[Deferred[None]] = []
+
+    def start(self, fds: list[int]) -> Deferred[None]:
+        """Start the workers on these listening fds; fires once each has served."""
+        self.fds = list(fds)
+        for index in range(1, self.count):
+            self._spawn(index)
+        if not self._waiting_ready:
+            self._ready_d.callback(None)
+        return self._ready_d
+
+    def _spawn(self, index: int) -> None:
+        self.timers.pop(index, None)
+        if self.stopping:
+            return
+        env = dict(self.environ, **{WORKER_ENV: str(index)})
+        child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, CONTROL_FD: "r"}
+        for i, fd in enumerate(self.fds):
+            child_fds[FIRST_LISTEN_FD + i] = fd
+        proto = WorkerProcess(self, index)
+        proto.started_at = self.reactor.seconds()
+        self.procs[index] = proto
+        self.reactor.spawnProcess(
+            proto, self.command[0], self.command, env=env, path=self.cwd, childFDs=child_fds
+        )
+        log.info("worker {index} started: pid {pid}", index=index, pid=proto.pid)
+
+    def _ready(self, proto: WorkerProcess) -> None:
+        log.info("worker {index} (pid {pid}) serving", index=proto.index, pid=proto.pid)
+        self._waiting_ready.discard(proto.index)
+        if not self._waiting_ready and not self._ready_d.called:
+            self._ready_d.callback(None)
+
+    def _ended(self, proto: WorkerProcess, reason: Failure) -> None:
+        if self.procs.get(proto.index) is proto:
+            del self.procs[proto.index]
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        how = f"signal {sig}" if sig else f"exit code {code}"
+        if self.stopping:
+            log.info("worker {index} (pid {pid}) exited: {how}", index=proto.index,
+                     pid=proto.pid, how=how)
+            if not self.procs:
+                gone, self._gone = self._gone, []
+                for d in gone:
+                    d.callback(None)
+            return
+        now = self.reactor.seconds()
+        if proto.ready and now - proto.started_at >= self.STEADY:
+            self.delays[proto.index] = self.FIRST_DELAY
+        delay = self.delays[proto.index]
+        self.delays[proto.index] = min(delay * 2, self.MAX_DELAY)
+        log.warn(
+            "worker {index} (pid {pid}) died ({how}); starting it again in {delay:g}s",
+            index=proto.index, pid=proto.pid, how=how, delay=delay,
+        )
+        self.restarts += 1
+        self.timers[proto.index] = self.reactor.callLater(delay, self._spawn, proto.index)
+
+    def terminate(self) -> None:
+        """SIGTERM every worker (each drains) and start no more."""
+        self.stopping = True
+        for timer in self.timers.values():
+            if timer.active():
+                timer.cancel()
+        self.timers.clear()
+        for proto in list(self.procs.values()):
+            proto.signal("TERM")
+
+    def cut_short(self) -> None:
+        """A second SIGTERM to every worker: they stop waiting for their clients."""
+        for proto in list(self.procs.values()):
+            proto.signal("TERM")
+
+    def kill(self) -> None:
+        for proto in list(self.procs.values()):
+            log.warn("worker {index} (pid {pid}) still running: killed", index=proto.index,
+                     pid=proto.pid)
+            proto.signal("KILL")
+
+    def gone(self) -> Deferred[None]:
+        """Fires once no worker runs (call after :meth:`terminate`)."""
+        if not self.procs:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._gone.append(d)
+        return d
+
+    @property
+    def pids(self) -> dict[int, int | None]:
+        return {index: proto.pid for index, proto in sorted(self.procs.items())}
