@@ -266,9 +266,9 @@ def check(settings: Settings) -> None:
             )
         shared = settings.listen + [settings.metrics.listen] * bool(settings.metrics.listen)
         for endpoint in shared:
-            if endpoint.split(":", 1)[0] not in ("tcp", "tcp6", "unix"):
+            if endpoint.split(":", 1)[0] not in ("tcp", "tcp6", "unix", "systemd"):
                 raise ConfigError(
-                    f"workers > 1 shares tcp: and unix: listeners only, not {endpoint!r}"
+                    f"workers > 1 shares tcp:, unix: and systemd: listeners only, not {endpoint!r}"
                 )
 
 

@@ -15,6 +15,7 @@ Imported by :mod:`pushd.tap` only.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -130,6 +131,20 @@ class PushdCollector(Collector):
         yield GaugeMetricFamily(
             "pushd_ready", "1 while /readyz answers 200.", value=1 if reg.ready else 0
         )
+        worker = GaugeMetricFamily(
+            "pushd_worker",
+            "The process that answered (workers = N): its index, 0 being the parent that "
+            "binds the listeners, and its pid.",
+            labels=["worker", "pid"],
+        )
+        worker.add_metric([str(daemon.worker), str(os.getpid())], 1)
+        yield worker
+        if daemon.workers is not None:
+            yield CounterMetricFamily(
+                "pushd_worker_restarts",
+                "Workers the parent started again after they died.",
+                value=daemon.workers.restarts,
+            )
 
     @staticmethod
     def _by_transport(kind: Any, name: str, doc: str, values: dict[str, int]) -> Metric:

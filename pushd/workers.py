@@ -51,7 +51,8 @@ CONTROL_FD = 3  # worker -> parent: "ready\n"
 FIRST_LISTEN_FD = 4
 TWISTD = "from twisted.scripts.twistd import run; run()"
 # systemd talks to the parent alone: a worker told these would claim MAINPID.
-PARENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+PARENT_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                   "LISTEN_FDNAMES")
 
 
 def worker_index(environ: Mapping[str, str]) -> int:

@@ -1,0 +1,256 @@
+"""``workers = N`` (DESIGN "Many processes"): real ``twistd -n pushd --workers 2``
+processes on a real redis-server, one listening port shared by both.
+
+Which process answered a connection is read from ``/metrics``
+(``pushd_worker{worker,pid}``) on that keep-alive connection, which is then
+reused for the request under test. Nothing sleeps: every wait is on the
+processes' output, their exit, or bytes arriving, each with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from tests.clients import RawHTTP, get_request, split_response
+from tests.process import ROOT, TWISTD, Child, bounded, spawn_pushd, started_port, stop
+from tests.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
+from tests.test_ops_systemd import Datagrams
+
+WORKER = re.compile(rb'pushd_worker\{pid="(?P<pid>\d+)",worker="(?P<worker>\d+)"\}')
+DRAIN = 5.0  # the config's [drain] timeout
+
+
+def config(redis: RedisServer) -> str:
+    return (
+        f'source = []\nbroker = "redis://127.0.0.1:{redis.port}/0"\n'
+        f"[drain]\ntimeout = {DRAIN}\n"
+    )
+
+
+def complete(data: bytes) -> bool:
+    """A whole response with a Content-Length is in ``data``."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    length = split_response(data)[1].get("content-length")
+    assert length is not None, head
+    return len(body) >= int(length)
+
+
+async def connection(port: int) -> tuple[RawHTTP, int, int]:
+    """A keep-alive connection, its answering worker's index and pid; data cleared."""
+    client = await RawHTTP.open(port, get_request("/metrics"))
+    data = await client.until(complete)
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    match = WORKER.search(data)
+    assert match, data
+    client.data = b""
+    return client, int(match["worker"]), int(match["pid"])
+
+
+async def one_per_worker(port: int, tries: int = 200) -> dict[int, tuple[RawHTTP, int]]:
+    """Connections until both workers answered one: {index: (connection, pid)}."""
+    found: dict[int, tuple[RawHTTP, int]] = {}
+    for _ in range(tries):
+        client, index, pid = await connection(port)
+        if index in found:
+            client.close()
+        else:
+            found[index] = (client, pid)
+        if len(found) == 2:
+            return found
+    raise AssertionError(f"{tries} connections all reached worker(s) {sorted(found)}")
+
+
+def post_request(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def start(tmp_path: Path, redis: RedisServer, *args: str, **kw: Any) -> tuple[Child, Any, int]:
+    child, process = spawn_pushd(
+        tmp_path, "--workers", "2", "--listen", "tcp:0:interface=127.0.0.1", *args,
+        config=config(redis), **kw,
+    )
+    port = await started_port(child)
+    await child.wait_for(rb"pushd ready: .*\(2 workers\)")
+    return child, process, port
+
+
+def worker_pid(child: Child) -> int:
+    return int(re.findall(rb"worker 1 started: pid (\d+)", child.output)[-1])
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may linger if nothing reaps it here)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def ended(pid: int, timeout: float = 5.0) -> None:
+    """Poll ``/proc`` (a process not our child fires no event) until ``pid`` has ended.
+
+    A worker closes its end of the output pipe a moment before the kernel
+    counts it as exited, so this is awaited right after that pipe closed.
+    """
+    deadline = reactor.seconds() + timeout
+    while running(pid):
+        assert reactor.seconds() < deadline, f"pid {pid} still running after {timeout}s"
+        await deferLater(reactor, 0.01)
+
+
+def test_more_than_one_worker_with_the_memory_broker_is_refused(tmp_path: Path) -> None:
+    """One line on stderr, exit 1, nothing started."""
+    result = subprocess.run(
+        [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "pushd", "--workers", "2",
+         "--listen", "tcp:0:interface=127.0.0.1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        'pushd: workers = 2 needs the Redis broker (broker = "redis://..."): '
+        "the memory broker's channels live in one process"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_workers_serve_the_one_port_and_share_channels(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    """Connections reach both processes; a publish answered by one reaches an SSE
+    stream served by the other, every message once, in order, with its id."""
+    child, process, port = await start(tmp_path, redis_server)
+    try:
+        workers = await one_per_worker(port)
+        assert workers[0][1] == process.pid  # worker 0 is the parent twistd started
+        assert workers[1][1] == worker_pid(child) != process.pid
+        sse, _ = workers[1]
+        sse.protocol.transport.write(get_request("/channels/spread/events"))
+        await bounded(sse.contains(b"retry:"))
+        assert sse.data.startswith(b"HTTP/1.1 200"), sse.data
+        publisher, _ = workers[0]
+        ids = []
+        for n in range(3):
+            publisher.data = b""
+            publisher.protocol.transport.write(post_request("/channels/spread", b'"m%d"' % n))
+            data = await publisher.until(complete)
+            assert data.startswith(b"HTTP/1.1 201"), data
+            ids.append(json.loads(split_response(data)[2])["id"])
+        await bounded(sse.count(b"data: ", 3))
+        events = re.findall(rb"id: (\S+)\r?\n(?:event: \S+\r?\n)?data: (\S+)", sse.data)
+        assert events == [(i.encode(), b'"m%d"' % n) for n, i in enumerate(ids)], sse.data
+        for client, _ in workers.values():
+            client.close()
+    finally:
+        stop(child, process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_worker_is_started_again_and_the_port_keeps_answering(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    child, process, port = await start(tmp_path, redis_server)
+    try:
+        old = worker_pid(child)
+        os.kill(old, signal.SIGKILL)
+        await child.wait_for(rb"worker 1 \(pid %d\) died \(signal 9\)" % old)
+        for _ in range(5):  # the parent answers alone meanwhile
+            client, index, _ = await connection(port)
+            client.close()
+        new = int((await child.wait_for(rb"worker 1 started: pid (?!%d\b)(\d+)" % old)).group(1))
+        await child.wait_for(rb"worker 1 \(pid %d\) serving" % new)
+        workers = await one_per_worker(port)
+        assert workers[1][1] == new
+        for client, _ in workers.values():
+            client.close()
+        assert not child.exited.called
+    finally:
+        stop(child, process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_on_the_parent_drains_every_worker_and_exits_0(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    """Each process ends its SSE subscriber politely; all are gone within the drain
+    timeout; the parent exits 0 after its worker did."""
+    child, process, port = await start(tmp_path, redis_server)
+    try:
+        workers = await one_per_worker(port)
+        for client, _ in workers.values():
+            client.protocol.transport.write(get_request("/channels/bye/events"))
+            await bounded(client.contains(b"retry:"))
+        worker = worker_pid(child)
+        began = reactor.seconds()
+        process.signalProcess("TERM")
+        assert await bounded(child.exited) == (0, None), child.log()
+        assert reactor.seconds() - began < DRAIN
+        for client, _ in workers.values():
+            await bounded(client.until(lambda _, c=client: c.ended))
+        assert re.search(rb"worker 1 \(pid %d\) exited: exit code 0" % worker, child.output)
+        assert child.output.count(b"draining: ") == 2  # both drained, not killed
+        assert b"killed" not in child.output
+        await ended(worker)
+    finally:
+        stop(child, process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_exit_when_the_parent_is_killed(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    """A worker never serves orphaned: the parent's pipe closing makes it drain and exit.
+
+    ``child.exited`` fires once the process has exited *and* every holder of
+    its output pipe closed it, the worker included.
+    """
+    child, process, port = await start(tmp_path, redis_server)
+    try:
+        worker = worker_pid(child)
+        process.signalProcess("KILL")
+        await bounded(child.exited)
+        assert b"worker 1: the parent process is gone; draining" in child.output
+        await ended(worker)
+    finally:
+        stop(child, process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ready_is_sent_by_the_parent_once_every_worker_serves(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    name = f"pushd-test-workers-notify-{os.getpid()}"
+    datagrams = Datagrams()
+    listening = reactor.listenUNIXDatagram("\0" + name, datagrams)
+    child, process = spawn_pushd(
+        tmp_path, "--workers", "2", "--listen", "tcp:0:interface=127.0.0.1",
+        config=config(redis_server), env={"NOTIFY_SOCKET": "@" + name},
+    )
+    try:
+        await datagrams.wait_for(b"READY=1")
+        assert re.search(rb"worker 1 \(pid \d+\) serving", child.output), child.log()
+        assert datagrams.lines().count(b"READY=1") == 1  # the worker tells no one
+        assert f"MAINPID={process.pid}".encode() in datagrams.lines()
+        process.signalProcess("TERM")
+        assert await bounded(child.exited) == (0, None), child.log()
+    finally:
+        stop(child, process)
+        await listening.stopListening()
