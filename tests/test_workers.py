@@ -18,13 +18,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
+from pushd.broker.memory import MemoryBroker
+from pushd.config import Settings
+from pushd.tap import Daemon
+from pushd.workers import CONTROL_FD, FIRST_LISTEN_FD, WORKER_ENV, Workers
 from tests.clients import RawHTTP, get_request, split_response
 from tests.process import ROOT, TWISTD, Child, bounded, spawn_pushd, started_port, stop
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
+from tests.test_ops_support import get
 from tests.test_ops_systemd import Datagrams
 
 WORKER = re.compile(rb'pushd_worker\{pid="(?P<pid>\d+)",worker="(?P<worker>\d+)"\}')
@@ -143,20 +153,26 @@ async def test_both_workers_serve_the_one_port_and_share_channels(
         assert workers[0][1] == process.pid  # worker 0 is the parent twistd started
         assert workers[1][1] == worker_pid(child) != process.pid
         sse, _ = workers[1]
-        sse.protocol.transport.write(get_request("/channels/spread/events"))
+        publisher, _ = workers[0]
+
+        async def publish(data: bytes) -> str:
+            publisher.data = b""
+            publisher.protocol.transport.write(post_request("/channels/spread", data))
+            answer = await publisher.until(complete)
+            assert answer.startswith(b"HTTP/1.1 201"), answer
+            return str(json.loads(split_response(answer)[2])["id"])
+
+        # The stream resumes after a message published through the other process
+        # (a cursor: on Redis a cursor-less subscriber goes live only once its
+        # node has read the channel's position, see the branch's report).
+        first = await publish(b'"m0"')
+        sse.protocol.transport.write(get_request(f"/channels/spread/events?since={first}"))
         await bounded(sse.contains(b"retry:"))
         assert sse.data.startswith(b"HTTP/1.1 200"), sse.data
-        publisher, _ = workers[0]
-        ids = []
-        for n in range(3):
-            publisher.data = b""
-            publisher.protocol.transport.write(post_request("/channels/spread", b'"m%d"' % n))
-            data = await publisher.until(complete)
-            assert data.startswith(b"HTTP/1.1 201"), data
-            ids.append(json.loads(split_response(data)[2])["id"])
+        ids = [await publish(b'"m%d"' % n) for n in range(1, 4)]
         await bounded(sse.count(b"data: ", 3))
         events = re.findall(rb"id: (\S+)\r?\n(?:event: \S+\r?\n)?data: (\S+)", sse.data)
-        assert events == [(i.encode(), b'"m%d"' % n) for n, i in enumerate(ids)], sse.data
+        assert events == [(i.encode(), b'"m%d"' % (n + 1)) for n, i in enumerate(ids)], sse.data
         for client, _ in workers.values():
             client.close()
     finally:
@@ -253,4 +269,126 @@ async def test_ready_is_sent_by_the_parent_once_every_worker_serves(
         assert await bounded(child.exited) == (0, None), child.log()
     finally:
         stop(child, process)
+        await listening.stopListening()
+
+
+# -- the parent's bookkeeping, on a fake clock ---------------------------------------
+class SpawningClock(MemoryReactorClock):
+    """A clock that records spawnProcess calls instead of starting anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[Any, list[str], dict[str, str], dict[int, Any]]] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: list[str], env: Any = None,
+                     path: Any = None, childFDs: Any = None, **kw: Any) -> None:
+        proto.makeConnection(FakeProcess(len(self.spawned) + 1000))
+        self.spawned.append((proto, args, env, childFDs))
+
+
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+def died(proto: Any, signum: int = 9) -> None:
+    proto.processEnded(Failure(ProcessTerminated(signal=signum)))
+
+
+def test_a_crash_loop_backs_off_and_a_steady_worker_restarts_at_once() -> None:
+    clock = SpawningClock()
+    env = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1", "HOME": "/h"}
+    workers = Workers(clock, 2, ["py", "twistd"], env, "/srv")
+    ready = workers.start([7, 9])
+    proto, args, child_env, fds = clock.spawned[0]
+    # systemd's variables stay with the parent; the listening fds go to 4 and 5
+    assert child_env == {"HOME": "/h", WORKER_ENV: "1"}
+    assert fds == {0: "w", 1: 1, 2: 2, CONTROL_FD: "r", FIRST_LISTEN_FD: 7, FIRST_LISTEN_FD + 1: 9}
+    assert not ready.called
+    proto.childDataReceived(CONTROL_FD, b"ready\n")
+    assert ready.called
+    waits = []
+    for _ in range(8):  # dies at once, again and again
+        before = len(clock.spawned)
+        died(clock.spawned[-1][0])
+        delay = clock.getDelayedCalls()[0].getTime() - clock.seconds()
+        waits.append(round(delay, 3))
+        clock.advance(delay)
+        assert len(clock.spawned) == before + 1
+    assert waits == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]
+    # one that served for a while and then died comes back after the first delay
+    proto = clock.spawned[-1][0]
+    proto.childDataReceived(CONTROL_FD, b"ready\n")
+    clock.advance(Workers.STEADY)
+    died(proto)
+    assert clock.getDelayedCalls()[0].getTime() - clock.seconds() == pytest.approx(0.2)
+    assert workers.restarts == 9
+    # stopping: the pending restart is cancelled and nothing is started again
+    workers.terminate()
+    assert not clock.getDelayedCalls()
+    clock.advance(60)
+    assert len(clock.spawned) == 9  # the first and eight restarts
+    assert workers.gone().called
+
+
+def test_stopping_signals_every_worker_and_waits_for_them() -> None:
+    clock = SpawningClock()
+    workers = Workers(clock, 3, ["py"], {}, None)
+    workers.start([5])
+    protos = [entry[0] for entry in clock.spawned]
+    workers.terminate()
+    assert [p.transport.signals for p in protos] == [["TERM"], ["TERM"]]
+    gone = workers.gone()
+    died(protos[0], 0)
+    assert not gone.called
+    workers.kill()  # the drain's deadline
+    assert protos[1].transport.signals == ["TERM", "KILL"]
+    died(protos[1])
+    assert gone.called
+    assert len(clock.spawned) == 2  # no restart while stopping
+
+
+@pytest_twisted.ensureDeferred
+async def test_ready_waits_for_every_worker(tmp_path: Path) -> None:
+    """The parent's READY=1 goes out only once its workers said they serve."""
+    name = f"pushd-test-workers-ready-{os.getpid()}"
+    datagrams = Datagrams()
+    listening = reactor.listenUNIXDatagram("\0" + name, datagrams)
+    settings = Settings()
+    settings.listen = ["tcp:0:interface=127.0.0.1"]
+    settings.sources = []
+    daemon = Daemon(settings, reactor, {"NOTIFY_SOCKET": "@" + name}, broker_class=MemoryBroker)
+
+    class Pool:  # the parent's Workers, answering when the test says
+        started: Deferred[None] = Deferred()
+        fds: list[int] = []
+        restarts = 0
+
+        def start(self, fds: list[int]) -> Deferred[None]:
+            self.fds = fds
+            return self.started
+
+        def terminate(self) -> None:
+            pass
+
+        def gone(self) -> Deferred[None]:
+            return succeed(None)
+
+    pool = Pool()
+    daemon.workers = pool  # type: ignore[assignment]
+    daemon.startService()
+    try:
+        await bounded(daemon.ready())
+        code, _, _ = await get(f"http://127.0.0.1:{daemon.listeners[0].port.getHost().port}/readyz")
+        assert code == 200  # this process serves; /readyz is per process
+        assert pool.fds == [daemon.listeners[0].port.fileno()]
+        assert b"READY=1" not in datagrams.lines()
+        pool.started.callback(None)
+        await datagrams.wait_for(b"READY=1")
+    finally:
+        await daemon.stopService()
         await listening.stopListening()
