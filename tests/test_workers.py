@@ -375,6 +375,9 @@ async def test_ready_waits_for_every_worker(tmp_path: Path) -> None:
         def terminate(self) -> None:
             pass
 
+        def kill(self) -> None:
+            pass
+
         def gone(self) -> Deferred[None]:
             return succeed(None)
 
