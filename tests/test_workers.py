@@ -22,6 +22,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
@@ -31,7 +32,7 @@ from pushd.broker.memory import MemoryBroker
 from pushd.config import Settings
 from pushd.tap import Daemon
 from pushd.workers import CONTROL_FD, FIRST_LISTEN_FD, WORKER_ENV, Workers
-from tests.clients import RawHTTP, get_request, split_response
+from tests.clients import RawHTTP, _RawProtocol, get_request, split_response
 from tests.process import ROOT, TWISTD, Child, bounded, spawn_pushd, started_port, stop
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
 from tests.test_ops_support import get
@@ -58,9 +59,16 @@ def complete(data: bytes) -> bool:
     return len(body) >= int(length)
 
 
-async def connection(port: int) -> tuple[RawHTTP, int, int]:
-    """A keep-alive connection, its answering worker's index and pid; data cleared."""
-    client = await RawHTTP.open(port, get_request("/metrics"))
+async def connection(port: int | str) -> tuple[RawHTTP, int, int]:
+    """A keep-alive connection (to a port, or a unix socket's path), its answering
+    worker's index and pid; data cleared."""
+    if isinstance(port, str):
+        client = RawHTTP()
+        endpoint = UNIXClientEndpoint(reactor, port, timeout=5)
+        client.protocol = await connectProtocol(endpoint, _RawProtocol(client))
+        client.protocol.transport.write(get_request("/metrics"))
+    else:
+        client = await RawHTTP.open(port, get_request("/metrics"))
     data = await client.until(complete)
     assert data.startswith(b"HTTP/1.1 200"), data[:200]
     match = WORKER.search(data)
@@ -69,7 +77,7 @@ async def connection(port: int) -> tuple[RawHTTP, int, int]:
     return client, int(match["worker"]), int(match["pid"])
 
 
-async def one_per_worker(port: int, tries: int = 200) -> dict[int, tuple[RawHTTP, int]]:
+async def one_per_worker(port: int | str, tries: int = 200) -> dict[int, tuple[RawHTTP, int]]:
     """Connections until both workers answered one: {index: (connection, pid)}."""
     found: dict[int, tuple[RawHTTP, int]] = {}
     for _ in range(tries):
@@ -177,6 +185,25 @@ async def test_both_workers_serve_the_one_port_and_share_channels(
             client.close()
     finally:
         stop(child, process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_unix_listener_is_shared_too(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    path = f"/tmp/pushd-workers-{os.getpid()}.sock"  # tmp_path may pass sun_path's 108 bytes
+    child, process, _ = await start(tmp_path, redis_server, "--listen", f"unix:{path}")
+    try:
+        workers = await one_per_worker(path)
+        assert sorted(workers) == [0, 1]
+        for client, _ in workers.values():
+            client.close()
+        process.signalProcess("TERM")
+        assert await bounded(child.exited) == (0, None), child.log()
+    finally:
+        stop(child, process)
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 @pytest_twisted.ensureDeferred
