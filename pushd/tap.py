@@ -33,7 +33,16 @@ from pushd.server import HttpServer, WebBridge
 from pushd.systemd import Notifier
 from pushd.web.app import PushdApp
 from pushd.web.context import Context
-from pushd.workers import FIRST_LISTEN_FD, ParentLink, Workers, adopt, worker_command, worker_index
+from pushd.workers import (
+    FIRST_LISTEN_FD,
+    GROUP_ENV,
+    HostMetrics,
+    ParentLink,
+    Workers,
+    adopt,
+    worker_command,
+    worker_index,
+)
 
 log = Logger()
 
@@ -242,6 +251,13 @@ class Daemon(MultiService):
             listener.setServiceParent(self)
         self.metrics_listener: Listener | None = None
         metrics = metrics_resource(self)
+        self.host_metrics: HostMetrics | None = None
+        if settings.workers > 1:  # a scrape of any worker answers for all of them
+            group = (environ or {}).get(GROUP_ENV) or str(os.getpid())
+            self.host_metrics = HostMetrics(
+                reactor, group, self.worker, settings.workers, metrics.own
+            )
+            metrics.host = self.host_metrics
         if settings.metrics.listen:
             metrics_site = HttpServer(
                 WebBridge(ops_root(self, metrics)), reactor, settings.http,
@@ -276,6 +292,8 @@ class Daemon(MultiService):
 
             self._link = ParentLink(self._parent_gone)
             StandardIO(self._link, stdin=0, stdout=CONTROL_FD, reactor=self.reactor)
+        if self.host_metrics is not None:
+            self.host_metrics.start()
         super().startService()
         # Ready once the listeners are up *and* the reactor runs: twistd starts
         # services before reactor.run(), and only then is our SIGTERM handler
@@ -325,6 +343,8 @@ class Daemon(MultiService):
         try:
             await maybeDeferred(super().stopService)
         finally:
+            if self.host_metrics is not None:
+                await maybeDeferred(self.host_metrics.stop)
             self.notifier.stopService()
 
     async def drain(self) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 from typing import Any, Callable, Mapping
 
@@ -47,6 +48,7 @@ from twisted.python.failure import Failure
 log = Logger()
 
 WORKER_ENV = "PUSHD_WORKER"
+GROUP_ENV = "PUSHD_WORKER_GROUP"  # the parent's pid: names the workers' metrics sockets
 CONTROL_FD = 3  # worker -> parent: "ready\n"
 FIRST_LISTEN_FD = 4
 TWISTD = "from twisted.scripts.twistd import run; run()"
@@ -182,7 +184,7 @@ class Workers:
         self.timers.pop(index, None)
         if self.stopping:
             return
-        env = dict(self.environ, **{WORKER_ENV: str(index)})
+        env = dict(self.environ, **{WORKER_ENV: str(index), GROUP_ENV: str(os.getpid())})
         child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, CONTROL_FD: "r"}
         for i, fd in enumerate(self.fds):
             child_fds[FIRST_LISTEN_FD + i] = fd
@@ -258,3 +260,124 @@ class Workers:
     @property
     def pids(self) -> dict[int, int | None]:
         return {index: proto.pid for index, proto in sorted(self.procs.items())}
+
+
+# -- /metrics for the whole host ---------------------------------------------------
+
+
+class _Exposition(Protocol):
+    """Serves this process's exposition to a sibling worker, then hangs up."""
+
+    def __init__(self, own: Callable[[], bytes]) -> None:
+        self.own = own
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        try:  # abstract sockets have no file mode: let only our own user in
+            creds = transport.socket.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+            )
+            allowed = struct.unpack("3i", creds)[1] == os.getuid()
+        except OSError:
+            allowed = False
+        if allowed:
+            transport.write(self.own())
+        transport.loseConnection()
+
+
+class _Collect(Protocol):
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.done.callback(b"".join(self.chunks))
+
+
+class HostMetrics:
+    """``/metrics`` answered by any worker covers every worker of the host.
+
+    A scrape reaches whichever process accepted it, so each process also
+    serves its own exposition on an abstract unix socket named after the
+    parent's pid and its index; the one scraped reads its siblings' (each
+    with a deadline: a worker being restarted is left out, not waited for)
+    and answers them all, every sample labelled ``worker="i"``. Sum over
+    ``worker`` in PromQL for the host; a worker's counters restart from 0
+    with the worker, which ``rate()`` treats as any counter reset.
+    """
+
+    def __init__(
+        self, reactor: Any, group: str, index: int, count: int, own: Callable[[], bytes],
+        timeout: float = 2.0,
+    ) -> None:
+        self.reactor = reactor
+        self.group = group
+        self.index = index
+        self.count = count
+        self.own = own
+        self.timeout = timeout
+        self.port: Any = None
+
+    def address(self, index: int) -> str:
+        return f"\0pushd-{self.group}-metrics-{index}"
+
+    def start(self) -> None:
+        from twisted.internet.protocol import Factory
+
+        factory = Factory.forProtocol(lambda: _Exposition(self.own))
+        factory.noisy = False
+        self.port = self.reactor.listenUNIX(self.address(self.index), factory)
+
+    def stop(self) -> Deferred[None] | None:
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None  # type: ignore[no-any-return]
+
+    def _fetch(self, index: int) -> Deferred[bytes]:
+        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+
+        collect = _Collect()
+        endpoint = UNIXClientEndpoint(self.reactor, self.address(index), timeout=self.timeout)
+        d = connectProtocol(endpoint, collect)
+        d.addCallback(lambda _: collect.done)
+        return d.addTimeout(self.timeout, self.reactor)
+
+    async def gather(self) -> bytes:
+        """Every reachable worker's samples, labelled, in one exposition."""
+        from twisted.internet.defer import DeferredList
+
+        others = [i for i in range(self.count) if i != self.index]
+        texts = {self.index: self.own()}
+        results = await DeferredList([self._fetch(i) for i in others], consumeErrors=True)
+        for index, (ok, text) in zip(others, results, strict=True):
+            if ok and text:
+                texts[index] = text
+        return merge_expositions(texts)
+
+
+def merge_expositions(texts: Mapping[int, bytes]) -> bytes:
+    """Several processes' Prometheus text as one, each sample gaining ``worker``."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Any] = {}
+    for index, text in sorted(texts.items()):
+        for family in text_string_to_metric_families(text.decode("utf-8")):
+            merged = families.setdefault(family.name, family)
+            samples = [
+                s._replace(labels={**s.labels, "worker": str(index)}) for s in family.samples
+            ]
+            if merged is family:
+                family.samples = samples
+            else:
+                merged.samples.extend(samples)
+
+    class _Merged:
+        def collect(self) -> Any:
+            return iter(families.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())  # type: ignore[arg-type]
+    return generate_latest(registry)

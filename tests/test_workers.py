@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
@@ -31,11 +32,11 @@ from twisted.python.failure import Failure
 from pushd.broker.memory import MemoryBroker
 from pushd.config import Settings
 from pushd.tap import Daemon
-from pushd.workers import CONTROL_FD, FIRST_LISTEN_FD, WORKER_ENV, Workers
+from pushd.workers import CONTROL_FD, FIRST_LISTEN_FD, GROUP_ENV, WORKER_ENV, Workers
 from tests.clients import RawHTTP, _RawProtocol, get_request, split_response
 from tests.process import ROOT, TWISTD, Child, bounded, spawn_pushd, started_port, stop
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
-from tests.test_ops_support import get
+from tests.test_ops_support import get, sample
 from tests.test_ops_systemd import Datagrams
 
 WORKER = re.compile(rb'pushd_worker\{pid="(?P<pid>\d+)",worker="(?P<worker>\d+)"\}')
@@ -71,10 +72,12 @@ async def connection(port: int | str) -> tuple[RawHTTP, int, int]:
         client = await RawHTTP.open(port, get_request("/metrics"))
     data = await client.until(complete)
     assert data.startswith(b"HTTP/1.1 200"), data[:200]
-    match = WORKER.search(data)
-    assert match, data
+    index = int(split_response(data)[1]["pushd-worker"])
+    pids = {int(m["worker"]): int(m["pid"]) for m in WORKER.finditer(data)}
+    assert index in pids, data
+    client.metrics = split_response(data)[2]  # type: ignore[attr-defined]
     client.data = b""
-    return client, int(match["worker"]), int(match["pid"])
+    return client, index, pids[index]
 
 
 async def one_per_worker(port: int | str, tries: int = 200) -> dict[int, tuple[RawHTTP, int]]:
@@ -89,6 +92,15 @@ async def one_per_worker(port: int | str, tries: int = 200) -> dict[int, tuple[R
         if len(found) == 2:
             return found
     raise AssertionError(f"{tries} connections all reached worker(s) {sorted(found)}")
+
+
+def parse(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text: (name, sorted labels) -> value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
 
 
 def post_request(path: str, body: bytes) -> bytes:
@@ -181,6 +193,37 @@ async def test_both_workers_serve_the_one_port_and_share_channels(
         await bounded(sse.count(b"data: ", 3))
         events = re.findall(rb"id: (\S+)\r?\n(?:event: \S+\r?\n)?data: (\S+)", sse.data)
         assert events == [(i.encode(), b'"m%d"' % (n + 1)) for n, i in enumerate(ids)], sse.data
+        for client, _ in workers.values():
+            client.close()
+    finally:
+        stop(child, process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_scrape_of_either_process_sees_both(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    """Every sample carries its ``worker``; whichever process is scraped, the
+    answer holds both processes' subscribers."""
+    child, process, port = await start(tmp_path, redis_server)
+    try:
+        workers = await one_per_worker(port)
+        for client, _ in workers.values():
+            client.protocol.transport.write(get_request("/channels/scraped/events"))
+            await bounded(client.contains(b"retry:"))
+        scraped = set()
+        while scraped != {0, 1}:  # one scrape answered by each process
+            client, index, _ = await connection(port)
+            client.close()
+            if index in scraped:
+                continue
+            scraped.add(index)
+            samples = parse(client.metrics)  # type: ignore[attr-defined]
+            for worker in ("0", "1"):
+                assert sample(samples, "pushd_connections", transport="sse", worker=worker) == 1
+            assert sample(samples, "pushd_worker_restarts_total", worker="0") == 0
+            assert not [key for key in samples if ("worker", "2") in key[1]]
+            assert all(any(label == "worker" for label, _ in key[1]) for key in samples)
         for client, _ in workers.values():
             client.close()
     finally:
@@ -333,7 +376,7 @@ def test_a_crash_loop_backs_off_and_a_steady_worker_restarts_at_once() -> None:
     ready = workers.start([7, 9])
     proto, args, child_env, fds = clock.spawned[0]
     # systemd's variables stay with the parent; the listening fds go to 4 and 5
-    assert child_env == {"HOME": "/h", WORKER_ENV: "1"}
+    assert child_env == {"HOME": "/h", WORKER_ENV: "1", GROUP_ENV: str(os.getpid())}
     assert fds == {0: "w", 1: 1, 2: 2, CONTROL_FD: "r", FIRST_LISTEN_FD: 7, FIRST_LISTEN_FD + 1: 9}
     assert not ready.called
     proto.childDataReceived(CONTROL_FD, b"ready\n")
