@@ -80,7 +80,9 @@ async def connection(port: int | str) -> tuple[RawHTTP, int, int]:
     return client, index, pids[index]
 
 
-async def one_per_worker(port: int | str, tries: int = 200) -> dict[int, tuple[RawHTTP, int]]:
+async def one_per_worker(
+    port: int | str, tries: int = 500, child: Child | None = None
+) -> dict[int, tuple[RawHTTP, int]]:
     """Connections until both workers answered one: {index: (connection, pid)}."""
     found: dict[int, tuple[RawHTTP, int]] = {}
     for _ in range(tries):
@@ -91,7 +93,8 @@ async def one_per_worker(port: int | str, tries: int = 200) -> dict[int, tuple[R
             found[index] = (client, pid)
         if len(found) == 2:
             return found
-    raise AssertionError(f"{tries} connections all reached worker(s) {sorted(found)}")
+    log = child.log() if child is not None else ""
+    raise AssertionError(f"{tries} connections all reached worker(s) {sorted(found)}\n{log}")
 
 
 def parse(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -169,7 +172,7 @@ async def test_both_workers_serve_the_one_port_and_share_channels(
     stream served by the other, every message once, in order, with its id."""
     child, process, port = await start(tmp_path, redis_server)
     try:
-        workers = await one_per_worker(port)
+        workers = await one_per_worker(port, child=child)
         assert workers[0][1] == process.pid  # worker 0 is the parent twistd started
         assert workers[1][1] == worker_pid(child) != process.pid
         sse, _ = workers[1]
@@ -207,7 +210,7 @@ async def test_a_scrape_of_either_process_sees_both(
     answer holds both processes' subscribers."""
     child, process, port = await start(tmp_path, redis_server)
     try:
-        workers = await one_per_worker(port)
+        workers = await one_per_worker(port, child=child)
         for client, _ in workers.values():
             client.protocol.transport.write(get_request("/channels/scraped/events"))
             await bounded(client.contains(b"retry:"))
@@ -263,7 +266,7 @@ async def test_a_killed_worker_is_started_again_and_the_port_keeps_answering(
             client.close()
         new = int((await child.wait_for(rb"worker 1 started: pid (?!%d\b)(\d+)" % old)).group(1))
         await child.wait_for(rb"worker 1 \(pid %d\) serving" % new)
-        workers = await one_per_worker(port)
+        workers = await one_per_worker(port, child=child)
         assert workers[1][1] == new
         for client, _ in workers.values():
             client.close()
@@ -280,7 +283,7 @@ async def test_sigterm_on_the_parent_drains_every_worker_and_exits_0(
     timeout; the parent exits 0 after its worker did."""
     child, process, port = await start(tmp_path, redis_server)
     try:
-        workers = await one_per_worker(port)
+        workers = await one_per_worker(port, child=child)
         for client, _ in workers.values():
             client.protocol.transport.write(get_request("/channels/bye/events"))
             await bounded(client.contains(b"retry:"))
