@@ -309,8 +309,14 @@ class Daemon(MultiService):
             log.info("worker {index} ready", index=self.worker)
             return
         if self.workers is not None:
-            listeners = [*self.listeners, self.metrics_listener]
-            fds = [x.port.fileno() for x in listeners if x is not None and x.port is not None]
+            ports = [x.port for x in (*self.listeners, self.metrics_listener)
+                     if x is not None and x.port is not None]
+            for port in ports:
+                # Close, never shut down, the shared socket when this process stops
+                # listening: a shutdown() would stop every worker's accept() with it
+                # (EINVAL), not only ours. Adopted ports already behave so.
+                port._shouldShutdown = False
+            fds = [port.fileno() for port in ports]
             self.workers.start(fds).addCallback(self._all_serving)
             return
         self._all_serving(None)

@@ -297,6 +297,8 @@ async def test_sigterm_on_the_parent_drains_every_worker_and_exits_0(
         assert re.search(rb"worker 1 \(pid %d\) exited: exit code 0" % worker, child.output)
         assert child.output.count(b"draining: ") == 2  # both drained, not killed
         assert b"killed" not in child.output
+        assert b"starting it again" not in child.output  # no restart while stopping
+        assert b"Traceback" not in child.output and b"Unhandled" not in child.output
         await ended(worker)
     finally:
         stop(child, process)
