@@ -34,6 +34,7 @@ from pushd.systemd import Notifier
 from pushd.web.app import PushdApp
 from pushd.web.context import Context
 from pushd.workers import (
+    CONTROL_FD,
     FIRST_LISTEN_FD,
     GROUP_ENV,
     HostMetrics,
@@ -287,8 +288,6 @@ class Daemon(MultiService):
         self.notifier.startService()
         if self.worker:
             from twisted.internet.stdio import StandardIO
-
-            from pushd.workers import CONTROL_FD
 
             self._link = ParentLink(self._parent_gone)
             StandardIO(self._link, stdin=0, stdout=CONTROL_FD, reactor=self.reactor)

@@ -148,6 +148,21 @@ async def ended(pid: int, timeout: float = 5.0) -> None:
         await deferLater(reactor, 0.01)
 
 
+def test_workers_come_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    from pushd.tap import Options
+
+    f = tmp_path / "p.toml"
+    f.write_text('broker = "redis://127.0.0.1:6379/0"\nworkers = 2\n')
+    o = Options()
+    o.parseOptions(["--config", str(f)])
+    assert o.settings.workers == 2
+    o = Options()
+    o.parseOptions(["--config", str(f), "--workers", "3"])
+    assert o.settings.workers == 3
+    assert o.argv == ["--config", str(f), "--workers", "3"]  # what the workers are given
+    assert Settings().workers == 1
+
+
 def test_more_than_one_worker_with_the_memory_broker_is_refused(tmp_path: Path) -> None:
     """One line on stderr, exit 1, nothing started."""
     result = subprocess.run(
