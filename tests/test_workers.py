@@ -190,6 +190,8 @@ async def test_both_workers_serve_the_one_port_and_share_channels(
         workers = await one_per_worker(port, child=child)
         assert workers[0][1] == process.pid  # worker 0 is the parent twistd started
         assert workers[1][1] == worker_pid(child) != process.pid
+        # the worker's log lines, in the one output, say whose they are
+        assert b"[worker 1 pushd.tap#info] worker 1 ready" in child.output, child.log()
         sse, _ = workers[1]
         publisher, _ = workers[0]
 
@@ -253,10 +255,16 @@ async def test_a_unix_listener_is_shared_too(
     tmp_path: Path, redis_server: RedisServer  # noqa: F811
 ) -> None:
     path = f"/tmp/pushd-workers-{os.getpid()}.sock"  # tmp_path may pass sun_path's 108 bytes
-    child, process, _ = await start(tmp_path, redis_server, "--listen", f"unix:{path}")
+    child, process, _ = await start(
+        tmp_path, redis_server, "--listen", f"unix:{path}", logger="pushd.logs.json_logger"
+    )
     try:
         workers = await one_per_worker(path)
         assert sorted(workers) == [0, 1]
+        lines = [json.loads(line) for line in child.output.splitlines() if line.startswith(b"{")]
+        ready = [line for line in lines if line["message"] == "worker 1 ready"]
+        assert len(ready) == 1 and ready[0]["worker"] == 1
+        assert not [line for line in lines if "pushd ready" in line["message"] and "worker" in line]
         for client, _ in workers.values():
             client.close()
         process.signalProcess("TERM")
