@@ -266,9 +266,10 @@ def check(settings: Settings) -> None:
             )
         shared = settings.listen + [settings.metrics.listen] * bool(settings.metrics.listen)
         for endpoint in shared:
-            if endpoint.split(":", 1)[0] not in ("tcp", "tcp6", "unix", "systemd"):
+            if endpoint.split(":", 1)[0] not in ("tcp", "tcp6", "unix", "ssl", "systemd"):
                 raise ConfigError(
-                    f"workers > 1 shares tcp:, unix: and systemd: listeners only, not {endpoint!r}"
+                    f"workers > 1 shares tcp:, ssl:, unix: and systemd: listeners only, "
+                    f"not {endpoint!r}"
                 )
 
 

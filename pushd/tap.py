@@ -151,7 +151,7 @@ class Listener(Service):
     def startService(self) -> None:
         super().startService()
         if self.fd is not None:
-            self._listening(adopt(self.reactor, self.fd, self.factory))
+            self._listening(adopt(self.reactor, self.fd, self.factory, self.description))
             return
         endpoint = serverFromString(self.reactor, self.description)
         d = endpoint.listen(self.factory)

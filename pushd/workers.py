@@ -65,13 +65,25 @@ def worker_index(environ: Mapping[str, str]) -> int:
         return 0
 
 
-def adopt(reactor: Any, fd: int, factory: IProtocolFactory) -> IListeningPort:
-    """Accept on the inherited listening socket ``fd`` (tcp or unix).
+def adopt(
+    reactor: Any, fd: int, factory: IProtocolFactory, description: str = ""
+) -> IListeningPort:
+    """Accept on the inherited listening socket ``fd`` (tcp, unix, or ssl).
 
     ``adoptStreamPort`` duplicates the descriptor, so ours is closed after;
     an adopted port is closed, never shut down, when it stops listening, so
-    a worker that stops does not stop the others' accepting.
+    a worker that stops does not stop the others' accepting. The socket
+    carries no TLS state: for an ``ssl:`` listener the worker reads the same
+    key and certificate (the endpoint string) and wraps the site itself.
     """
+    if description.startswith("ssl:"):
+        from twisted.internet.endpoints import serverFromString
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        context = getattr(serverFromString(reactor, description), "_sslContextFactory", None)
+        if context is None:  # pragma: no cover - a Twisted that renamed it
+            raise RuntimeError(f"cannot share the TLS listener {description!r} with workers")
+        factory = TLSMemoryBIOFactory(context, False, factory)
     probe = socket.socket(fileno=fd)  # only to learn the address family
     try:
         return reactor.adoptStreamPort(fd, probe.family, factory)  # type: ignore[no-any-return]

@@ -98,8 +98,8 @@ BAD_FILES = [
     ("workers = 0", "workers must be at least 1"),
     ("workers = 2", 'workers = 2 needs the Redis broker (broker = "redis://...")'),
     (
-        'broker = "redis://127.0.0.1:6379/0"\nworkers = 2\nlisten = ["ssl:8443:privateKey=k.pem"]',
-        "workers > 1 shares tcp:, unix: and systemd: listeners only, not 'ssl:8443:",
+        'broker = "redis://127.0.0.1:6379/0"\nworkers = 2\nlisten = ["tor:80"]',
+        "workers > 1 shares tcp:, ssl:, unix: and systemd: listeners only, not 'tor:80'",
     ),
 ]
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from OpenSSL.crypto import FILETYPE_PEM
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessTerminated
@@ -60,7 +61,7 @@ def complete(data: bytes) -> bool:
     return len(body) >= int(length)
 
 
-async def connection(port: int | str) -> tuple[RawHTTP, int, int]:
+async def connection(port: int | str, tls: bool = False) -> tuple[RawHTTP, int, int]:
     """A keep-alive connection (to a port, or a unix socket's path), its answering
     worker's index and pid; data cleared."""
     if isinstance(port, str):
@@ -69,7 +70,7 @@ async def connection(port: int | str) -> tuple[RawHTTP, int, int]:
         client.protocol = await connectProtocol(endpoint, _RawProtocol(client))
         client.protocol.transport.write(get_request("/metrics"))
     else:
-        client = await RawHTTP.open(port, get_request("/metrics"))
+        client = await RawHTTP.open(port, get_request("/metrics"), tls=tls)
     data = await client.until(complete)
     assert data.startswith(b"HTTP/1.1 200"), data[:200]
     index = int(split_response(data)[1]["pushd-worker"])
@@ -81,12 +82,12 @@ async def connection(port: int | str) -> tuple[RawHTTP, int, int]:
 
 
 async def one_per_worker(
-    port: int | str, tries: int = 500, child: Child | None = None
+    port: int | str, tries: int = 500, child: Child | None = None, tls: bool = False
 ) -> dict[int, tuple[RawHTTP, int]]:
     """Connections until both workers answered one: {index: (connection, pid)}."""
     found: dict[int, tuple[RawHTTP, int]] = {}
     for _ in range(tries):
-        client, index, pid = await connection(port)
+        client, index, pid = await connection(port, tls)
         if index in found:
             client.close()
         else:
@@ -273,6 +274,27 @@ async def test_a_unix_listener_is_shared_too(
         stop(child, process)
         if os.path.exists(path):
             os.unlink(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_listener_is_shared_too(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    """Each worker wraps the inherited socket in TLS with the same key and certificate."""
+    key = ssl.KeyPair.generate(size=2048)
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(key.dump(FILETYPE_PEM) + key.selfSignedCert(1, CN="localhost").dump(FILETYPE_PEM))
+    child, process, _ = await start(
+        tmp_path, redis_server, "--listen", f"ssl:0:privateKey={pem}:interface=127.0.0.1"
+    )
+    try:
+        port = int((await child.wait_for(rb"\(TLS\) starting on (\d+)")).group(1))
+        workers = await one_per_worker(port, child=child, tls=True)
+        assert sorted(workers) == [0, 1]
+        for client, _ in workers.values():
+            client.close()
+    finally:
+        stop(child, process)
 
 
 @pytest_twisted.ensureDeferred
