@@ -348,11 +348,14 @@ class HostMetrics:
         return port.stopListening() if port is not None else None  # type: ignore[no-any-return]
 
     def _fetch(self, index: int) -> Deferred[bytes]:
-        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+        from twisted.internet.endpoints import UNIXClientEndpoint
+        from twisted.internet.protocol import Factory
 
         collect = _Collect()
+        factory = Factory.forProtocol(lambda: collect)
+        factory.noisy = False  # no "Starting factory" lines per scrape
         endpoint = UNIXClientEndpoint(self.reactor, self.address(index), timeout=self.timeout)
-        d = connectProtocol(endpoint, collect)
+        d = endpoint.connect(factory)
         d.addCallback(lambda _: collect.done)
         return d.addTimeout(self.timeout, self.reactor)
 

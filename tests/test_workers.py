@@ -44,10 +44,10 @@ WORKER = re.compile(rb'pushd_worker\{pid="(?P<pid>\d+)",worker="(?P<worker>\d+)"
 DRAIN = 5.0  # the config's [drain] timeout
 
 
-def config(redis: RedisServer) -> str:
+def config(redis: RedisServer, drain: float = DRAIN, extra: str = "") -> str:
     return (
         f'source = []\nbroker = "redis://127.0.0.1:{redis.port}/0"\n'
-        f"[drain]\ntimeout = {DRAIN}\n"
+        f"[drain]\ntimeout = {drain}\n{extra}"
     )
 
 
@@ -114,10 +114,13 @@ def post_request(path: str, body: bytes) -> bytes:
     ).encode() + body
 
 
-async def start(tmp_path: Path, redis: RedisServer, *args: str, **kw: Any) -> tuple[Child, Any, int]:
+async def start(
+    tmp_path: Path, redis: RedisServer, *args: str, drain: float = DRAIN, extra: str = "",
+    **kw: Any,
+) -> tuple[Child, Any, int]:
     child, process = spawn_pushd(
         tmp_path, "--workers", "2", "--listen", "tcp:0:interface=127.0.0.1", *args,
-        config=config(redis), **kw,
+        config=config(redis, drain, extra), **kw,
     )
     port = await started_port(child)
     await child.wait_for(rb"pushd ready: .*\(2 workers\)")
@@ -345,6 +348,33 @@ async def test_sigterm_on_the_parent_drains_every_worker_and_exits_0(
         assert b"starting it again" not in child.output  # no restart while stopping
         assert b"Traceback" not in child.output and b"Unhandled" not in child.output
         await ended(worker)
+    finally:
+        stop(child, process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_sigterm_reaches_the_workers_too(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    """A request body still on its way holds each process's drain (up to the
+    body timeout, 50 s here); a second SIGTERM on the parent ends them all."""
+    child, process, port = await start(
+        tmp_path, redis_server, drain=60, extra="[http]\nbody_timeout = 50\n"
+    )
+    try:
+        workers = await one_per_worker(port, child=child)
+        for client, _ in workers.values():
+            client.protocol.transport.write(post_request("/channels/held", b"x" * 100)[:-90])
+        process.signalProcess("TERM")
+        await child.wait_for(
+            rb"draining: 0 subscriptions, 1 connections(.|\n)*draining: 0 subscriptions, 1 conn"
+        )
+        sent = reactor.seconds()
+        process.signalProcess("TERM")
+        assert await bounded(child.exited, 30) == (0, None), child.log()
+        assert child.exit_time is not None and child.exit_time - sent < 10
+        assert re.search(rb"\[worker 1 [^]]*\] second SIGTERM", child.output), child.log()
+        assert b"killed" not in child.output
     finally:
         stop(child, process)
 
