@@ -27,7 +27,9 @@ pipe from the parent that the worker only reads to notice the parent is
 gone (EOF: it drains and exits rather than serving orphaned); fd 3 is a
 pipe to the parent on which it writes ``ready`` once it serves; fds 4, 5,
 ... are the listening sockets in the order of ``listen`` (then ``[metrics]
-listen``).
+listen``). ``$PUSHD_WORKER_GROUP`` (the parent's pid) names the abstract
+unix sockets on which the processes hand each other their metrics (see
+:class:`HostMetrics`).
 """
 
 from __future__ import annotations
