@@ -240,6 +240,7 @@ class Daemon(MultiService):
         self.worker = worker_index(environ or {})
         self.workers: Workers | None = None  # the parent's, set by makeService
         self._link: ParentLink | None = None
+        self._told_to_stop = False  # a worker's parent asked it to drain
         fds = iter(range(FIRST_LISTEN_FD, FIRST_LISTEN_FD + len(settings.listen) + 1))
 
         def inherited() -> int | None:
@@ -271,6 +272,7 @@ class Daemon(MultiService):
         else:
             self.web.extra_routes["metrics"] = metrics
         self._drain_done: Deferred[None] | None = None
+        self._cut_early = False  # a second SIGTERM came before the drain's wait began
         self._stopping: Deferred[None] | None = None
 
     def resource(self) -> Resource:
@@ -289,7 +291,7 @@ class Daemon(MultiService):
         if self.worker:
             from twisted.internet.stdio import StandardIO
 
-            self._link = ParentLink(self._parent_gone)
+            self._link = ParentLink(self._parent_says)
             StandardIO(self._link, stdin=0, stdout=CONTROL_FD, reactor=self.reactor)
         if self.host_metrics is not None:
             self.host_metrics.start()
@@ -329,10 +331,22 @@ class Daemon(MultiService):
             listen=", ".join(self.settings.listen), workers=workers,
         )
 
-    def _parent_gone(self) -> None:
-        """A worker's parent went away without stopping it: drain and exit, not orphaned."""
-        if self._stopping is None and not self.registry.draining:
-            log.warn("worker {index}: the parent process is gone; draining", index=self.worker)
+    def _parent_says(self, word: str) -> None:
+        """A worker hears its parent (:class:`pushd.workers.ParentLink`).
+
+        ``drain`` is the parent's SIGTERM, ``now`` its second one; ``gone``:
+        the parent went away without stopping us, so drain and exit rather
+        than serve orphaned. A drain already under way (this process was
+        sent SIGTERM itself too) is not cut short by ``drain`` or ``gone``.
+        """
+        stopping = self._stopping is not None or self.registry.draining
+        if word == "now":
+            self.terminate()
+        elif word in ("drain", "gone") and not stopping and not self._told_to_stop:
+            self._told_to_stop = True
+            if word == "gone":
+                log.warn("worker {index}: the parent process is gone; draining",
+                         index=self.worker)
             self.terminate()
 
     # -- stopping ---------------------------------------------------------
@@ -384,6 +398,8 @@ class Daemon(MultiService):
         connections.close_idle()
         done: Deferred[None] = Deferred()
         self._drain_done = done
+        if self._cut_early:
+            self.cut_short()
         timer = self.reactor.callLater(self.settings.drain.timeout, self.cut_short)
         connections.empty().addCallback(lambda _: self.cut_short())
         await done
@@ -409,10 +425,16 @@ class Daemon(MultiService):
             timer.cancel()
 
     def cut_short(self) -> None:
-        """End the drain's wait now (its timeout, or a second SIGTERM)."""
+        """End the drain's wait now (its timeout, or a second SIGTERM).
+
+        Asked while the listeners are still closing, before the wait began,
+        it ends the wait as soon as it begins.
+        """
         done, self._drain_done = self._drain_done, None
         if done is not None:
             done.callback(None)
+        elif self.registry.draining:
+            self._cut_early = True
 
     def terminate(self) -> None:
         """SIGTERM: the first drains and stops the reactor; the next cuts the drain short.

@@ -114,17 +114,31 @@ def worker_command(options: Any) -> list[str]:
 
 
 class ParentLink(Protocol):
-    """A worker's end of the parent's pipes: says ``ready``, notices the parent going."""
+    """A worker's end of the parent's pipes: says ``ready``, hears ``drain`` and
+    ``now`` (the parent's first and second SIGTERM), notices the parent going.
 
-    def __init__(self, on_parent_gone: Callable[[], None]) -> None:
-        self.on_parent_gone = on_parent_gone
+    The parent asks over the pipe rather than by signal so that a worker
+    that was sent SIGTERM itself as well (a whole process group, or
+    ``KillMode=control-group``) takes the two as one request to drain, not
+    as a second SIGTERM that cuts its drain short.
+    """
+
+    def __init__(self, on_word: Callable[[str], None]) -> None:
+        self.on_word = on_word
+        self._buffer = b""
 
     def ready(self) -> None:
         if self.transport is not None:
             self.transport.write(b"ready\n")
 
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self.on_word(line.decode("ascii", "replace").strip())
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.on_parent_gone()
+        self.on_word("gone")
 
 
 class WorkerProcess(ProcessProtocol):
@@ -147,6 +161,13 @@ class WorkerProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.pool._ended(self, reason)
+
+    def tell(self, word: bytes) -> None:
+        """A line on the worker's stdin (see :class:`ParentLink`)."""
+        try:
+            self.transport.write(word + b"\n")  # type: ignore[union-attr]
+        except (AttributeError, OSError):  # the pipe is already closed: it is exiting
+            pass
 
     def signal(self, name: str) -> None:
         try:
@@ -243,19 +264,19 @@ class Workers:
         self.timers[proto.index] = self.reactor.callLater(delay, self._spawn, proto.index)
 
     def terminate(self) -> None:
-        """SIGTERM every worker (each drains) and start no more."""
+        """Tell every worker to drain, as SIGTERM would, and start no more."""
         self.stopping = True
         for timer in self.timers.values():
             if timer.active():
                 timer.cancel()
         self.timers.clear()
         for proto in list(self.procs.values()):
-            proto.signal("TERM")
+            proto.tell(b"drain")
 
     def cut_short(self) -> None:
-        """A second SIGTERM to every worker: they stop waiting for their clients."""
+        """As a second SIGTERM: every worker stops waiting for its clients."""
         for proto in list(self.procs.values()):
-            proto.signal("TERM")
+            proto.tell(b"now")
 
     def kill(self) -> None:
         for proto in list(self.procs.values()):

@@ -107,11 +107,20 @@ def parse(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def post_request(path: str, body: bytes) -> bytes:
+def post_request(path: str, body: bytes, *headers: str) -> bytes:
+    extra = "".join(f"{h}\r\n" for h in headers)
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+async def hold(client: RawHTTP, request: bytes) -> None:
+    """Send ``request`` but its last 90 bytes, and wait until the server has its
+    head (it answers ``100 Continue``): a request under way, not an idle connection."""
+    client.protocol.transport.write(request[:-90])
+    await bounded(client.contains(b"100 Continue\r\n\r\n"))
+    client.data = b""
 
 
 async def start(
@@ -364,17 +373,50 @@ async def test_a_second_sigterm_reaches_the_workers_too(
     try:
         workers = await one_per_worker(port, child=child)
         for client, _ in workers.values():
-            client.protocol.transport.write(post_request("/channels/held", b"x" * 100)[:-90])
+            await hold(client, post_request("/channels/held", b"x" * 100, "Expect: 100-continue"))
         process.signalProcess("TERM")
         await child.wait_for(
             rb"draining: 0 subscriptions, 1 connections(.|\n)*draining: 0 subscriptions, 1 conn"
         )
         sent = reactor.seconds()
         process.signalProcess("TERM")
-        assert await bounded(child.exited, 30) == (0, None), child.log()
+        exited = await bounded(child.exited, 30).addErrback(lambda f: print("LOG", child.log()) or f)
+        assert exited == (0, None), child.log()
         assert child.exit_time is not None and child.exit_time - sent < 10
         assert re.search(rb"\[worker 1 [^]]*\] second SIGTERM", child.output), child.log()
         assert b"killed" not in child.output
+    finally:
+        stop(child, process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_to_every_process_at_once_is_one_drain(
+    tmp_path: Path, redis_server: RedisServer  # noqa: F811
+) -> None:
+    """As Ctrl-C in a terminal or ``KillMode=control-group`` do: the worker hears
+    SIGTERM and its parent's request to drain, and still waits for its client
+    (a second SIGTERM would have dropped it)."""
+    child, process, port = await start(
+        tmp_path, redis_server, drain=60, extra="[http]\nbody_timeout = 50\n"
+    )
+    try:
+        workers = await one_per_worker(port, child=child)
+        request = post_request("/channels/held", b'"' + b"x" * 98 + b'"', "Expect: 100-continue")
+        for client, _ in workers.values():
+            await hold(client, request)
+        os.kill(worker_pid(child), signal.SIGTERM)
+        process.signalProcess("TERM")
+        await child.wait_for(
+            rb"draining: 0 subscriptions, 1 connections(.|\n)*draining: 0 subscriptions, 1 conn"
+        )
+        for client, _ in workers.values():
+            client.protocol.transport.write(request[-90:])
+            answer = await bounded(client.until(complete))
+            assert answer.startswith(b"HTTP/1.1 "), answer
+            assert b"connection: close" in answer.lower()
+        assert await bounded(child.exited) == (0, None), child.log()
+        assert b"second SIGTERM" not in child.output
+        assert re.search(rb"worker 1 \(pid \d+\) exited: exit code 0", child.output)
     finally:
         stop(child, process)
 
@@ -440,6 +482,10 @@ class FakeProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.signals: list[str] = []
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
 
     def signalProcess(self, name: str) -> None:
         self.signals.append(name)
@@ -485,18 +531,20 @@ def test_a_crash_loop_backs_off_and_a_steady_worker_restarts_at_once() -> None:
     assert workers.gone().called
 
 
-def test_stopping_signals_every_worker_and_waits_for_them() -> None:
+def test_stopping_tells_every_worker_and_waits_for_them() -> None:
     clock = SpawningClock()
     workers = Workers(clock, 3, ["py"], {}, None)
     workers.start([5])
     protos = [entry[0] for entry in clock.spawned]
-    workers.terminate()
-    assert [p.transport.signals for p in protos] == [["TERM"], ["TERM"]]
+    workers.terminate()  # asked on their stdin, not by signal (see ParentLink)
+    assert [p.transport.written for p in protos] == [b"drain\n", b"drain\n"]
+    workers.cut_short()
+    assert [p.transport.written for p in protos] == [b"drain\nnow\n", b"drain\nnow\n"]
     gone = workers.gone()
     died(protos[0], 0)
     assert not gone.called
     workers.kill()  # the drain's deadline
-    assert protos[1].transport.signals == ["TERM", "KILL"]
+    assert protos[1].transport.signals == ["KILL"]
     died(protos[1])
     assert gone.called
     assert len(clock.spawned) == 2  # no restart while stopping
@@ -545,3 +593,25 @@ async def test_ready_waits_for_every_worker(tmp_path: Path) -> None:
     finally:
         await daemon.stopService()
         await listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_sigterm_while_the_listeners_close_still_ends_the_wait(
+    start_daemon: Any,
+) -> None:
+    """A worker hears its parent's second SIGTERM a moment after the first: it
+    may come while the listeners are closing, before the drain's wait began."""
+
+    def edit(settings: Settings) -> None:
+        settings.drain.timeout = 60.0
+        settings.http.body_timeout = 50.0
+
+    running = start_daemon(edit)
+    holder = await RawHTTP.open(running.port, b"")  # a body on its way holds the drain
+    await hold(holder, post_request("/channels/held", b"x" * 100, "Expect: 100-continue"))
+    began = reactor.seconds()
+    stopping = running.daemon.stopService()
+    assert running.daemon.registry.draining and running.daemon._drain_done is None
+    running.daemon.terminate()  # the second SIGTERM, in that window
+    await bounded(stopping, 30)
+    assert reactor.seconds() - began < 5
