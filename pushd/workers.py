@@ -17,14 +17,16 @@ What the parent owns:
 - **Crashes**: a worker that dies while the parent is not stopping is
   started again, after a delay that doubles from 0.2 s up to 10 s while it
   keeps dying before it ever served for 10 s, so a crash loop cannot spin.
-- **Stopping**: the parent's drain sends SIGTERM to every worker (each
-  drains itself the same way) and the parent exits once they all have,
-  killing any still there a few seconds after the drain timeout.
+- **Stopping**: the parent's drain asks every worker to drain too (each
+  does so as on SIGTERM; a second SIGTERM on the parent reaches them as
+  well) and the parent exits once they all have, killing any still there
+  a few seconds after the drain timeout.
 
 The wire between parent and worker is three inherited descriptors and an
 environment variable: ``$PUSHD_WORKER`` is the worker's index; fd 0 is a
-pipe from the parent that the worker only reads to notice the parent is
-gone (EOF: it drains and exits rather than serving orphaned); fd 3 is a
+pipe from the parent carrying ``drain`` and ``now`` (its first and second
+SIGTERM), whose end means the parent is gone (the worker then drains and
+exits rather than serving orphaned); fd 3 is a
 pipe to the parent on which it writes ``ready`` once it serves; fds 4, 5,
 ... are the listening sockets in the order of ``listen`` (then ``[metrics]
 listen``). ``$PUSHD_WORKER_GROUP`` (the parent's pid) names the abstract
