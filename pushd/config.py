@@ -179,6 +179,9 @@ class Settings:
     # ("rediss://" for TLS): channels, ids and history shared by every node
     broker: str = "memory"
     broker_timeout: float = 2.0  # seconds a Redis command may take before Redis counts as down
+    # pushd processes on this host sharing the listeners (pushd.workers); more than
+    # one needs the Redis broker, since the memory broker is one process's alone
+    workers: int = 1
     # Each [[source]] table, checked by the source type that owns it. The
     # demo ticker runs unless the file says otherwise (`source = []` for none).
     sources: list[dict[str, Any]] = field(default_factory=lambda: [{"type": "ticker"}])
@@ -251,6 +254,8 @@ def parse(data: dict[str, Any]) -> Settings:
             settings.broker = _coerce(key, value, str)
         elif key == "broker_timeout":
             settings.broker_timeout = _coerce(key, value, float)
+        elif key == "workers":
+            settings.workers = _coerce(key, value, int)
         elif key == "source":
             if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
                 raise ConfigError("source must be a list of [[source]] tables")
@@ -311,6 +316,21 @@ def check(settings: Settings) -> None:
             raise ConfigError(f"broker must be \"memory\" or a redis:// URL: {e}") from None
     if settings.broker_timeout <= 0:
         raise ConfigError("broker_timeout must be more than 0 seconds")
+    if settings.workers < 1:
+        raise ConfigError("workers must be at least 1")
+    if settings.workers > 1:
+        if settings.broker == "memory":
+            raise ConfigError(
+                f"workers = {settings.workers} needs the Redis broker (broker = \"redis://...\"): "
+                "the memory broker's channels live in one process"
+            )
+        shared = settings.listen + [settings.metrics.listen] * bool(settings.metrics.listen)
+        for endpoint in shared:
+            if endpoint.split(":", 1)[0] not in ("tcp", "tcp6", "unix", "ssl", "systemd"):
+                raise ConfigError(
+                    f"workers > 1 shares tcp:, ssl:, unix: and systemd: listeners only, "
+                    f"not {endpoint!r}"
+                )
     check_auth(settings.auth)
 
 

@@ -9,8 +9,9 @@ every level is shown.
 A JSON line is one object: ``time`` (ISO 8601, UTC), ``level``,
 ``namespace``, ``message`` (the formatted text), every plain value the event
 carried (``channel``, ``peer``, ``transport``, ``source``, ...), and
-``traceback`` when a failure was logged. One object per line, so ``jq``,
-Vector, Fluent Bit and Loki read it without a parser of their own.
+``traceback`` when a failure was logged, and ``worker`` (its index) from
+a worker process of ``workers = N`` (lines without it are the parent's).
+One object per line, so ``jq``, Vector, Fluent Bit and Loki read it without a parser of their own.
 """
 
 from __future__ import annotations
@@ -76,8 +77,38 @@ def level_from_env() -> LogLevel:
         return LogLevel.info
 
 
-def _filtered(observer: ILogObserver) -> ILogObserver:
+def _worker() -> int | None:
+    """The index of this worker process (``workers = N``), None in the parent."""
+    value = os.environ.get("PUSHD_WORKER", "")  # pushd.workers.WORKER_ENV
+    return int(value) if value.isdigit() and value != "0" else None
+
+
+@implementer(ILogObserver)
+class _WorkerTagged:
+    """Marks every event of a worker process with its index, since all workers
+    write to the one stdout the service manager collects."""
+
+    def __init__(self, observer: ILogObserver, index: int, text: bool) -> None:
+        self.observer = observer
+        self.index = index
+        self.text = text
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        event = dict(event, worker=self.index)
+        if self.text:  # twistd's text shows log_system in brackets
+            system = event.get("log_system")
+            if system is None:
+                level = event.get("log_level")
+                system = f"{event.get('log_namespace', '-')}#{level.name if level else 'info'}"
+            event["log_system"] = f"worker {self.index} {system}"
+        self.observer(event)
+
+
+def _filtered(observer: ILogObserver, text: bool = False) -> ILogObserver:
     predicate = LogLevelFilterPredicate(defaultLogLevel=level_from_env())
+    index = _worker()
+    if index is not None:
+        observer = _WorkerTagged(observer, index, text)
     return FilteringLogObserver(observer, [predicate])
 
 
@@ -88,4 +119,4 @@ def json_logger() -> ILogObserver:
 
 def text_logger() -> ILogObserver:
     """``twistd --logger pushd.logs.text_logger``: twistd's text, level filtered."""
-    return _filtered(textFileLogObserver(sys.stdout))
+    return _filtered(textFileLogObserver(sys.stdout), text=True)

@@ -15,18 +15,25 @@ Imported by :mod:`pushd.tap` only.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from pushd.registry import TRANSPORTS
 
 if TYPE_CHECKING:
     from pushd.tap import Daemon
+    from pushd.workers import HostMetrics
+
+log = Logger()
 
 
 class PushdCollector(Collector):
@@ -130,6 +137,20 @@ class PushdCollector(Collector):
         yield GaugeMetricFamily(
             "pushd_ready", "1 while /readyz answers 200.", value=1 if reg.ready else 0
         )
+        worker = GaugeMetricFamily(
+            "pushd_worker",
+            "The process that answered (workers = N): its index, 0 being the parent that "
+            "binds the listeners, and its pid.",
+            labels=["worker", "pid"],
+        )
+        worker.add_metric([str(daemon.worker), str(os.getpid())], 1)
+        yield worker
+        if daemon.workers is not None:
+            yield CounterMetricFamily(
+                "pushd_worker_restarts",
+                "Workers the parent started again after they died.",
+                value=daemon.workers.restarts,
+            )
 
     @staticmethod
     def _by_transport(kind: Any, name: str, doc: str, values: dict[str, int]) -> Metric:
@@ -140,18 +161,47 @@ class PushdCollector(Collector):
 
 
 class MetricsResource(Resource):
-    """``GET /metrics``: the exposition of one registry, on the reactor thread."""
+    """``GET /metrics``: the exposition of one registry, on the reactor thread.
+
+    With ``workers = N`` (``host`` set), every worker's, labelled by worker:
+    see :class:`pushd.workers.HostMetrics`.
+    """
 
     isLeaf = True
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__()
         self.registry = registry
+        self.host: HostMetrics | None = None
 
-    def render_GET(self, request: Request) -> bytes:
+    def own(self) -> bytes:
+        """This process's exposition alone."""
+        return generate_latest(self.registry)
+
+    def render_GET(self, request: Request) -> bytes | int:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         request.setHeader(b"Cache-Control", b"no-store")
-        return generate_latest(self.registry)
+        if self.host is None:
+            return self.own()
+        # which process answered (the body covers them all); not on any other route
+        request.setHeader(b"Pushd-Worker", str(self.host.index).encode())
+        gone: list[object] = []
+        request.notifyFinish().addBoth(gone.append)
+
+        def answer(body: bytes) -> None:
+            if not gone:
+                request.setHeader(b"Content-Length", str(len(body)).encode())
+                request.write(body)
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            log.failure("/metrics: gathering the workers' metrics", failure)
+            if not gone:
+                request.setResponseCode(500)
+                request.finish()
+
+        Deferred.fromCoroutine(self.host.gather()).addCallbacks(answer, failed)
+        return NOT_DONE_YET
 
 
 class _Status(Resource):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 from types import FrameType
 from typing import Any, Mapping
 
@@ -33,6 +34,17 @@ from pushd.server import HttpServer, WebBridge
 from pushd.systemd import Notifier
 from pushd.web.app import PushdApp
 from pushd.web.context import Context
+from pushd.workers import (
+    CONTROL_FD,
+    FIRST_LISTEN_FD,
+    GROUP_ENV,
+    HostMetrics,
+    ParentLink,
+    Workers,
+    adopt,
+    worker_command,
+    worker_index,
+)
 
 log = Logger()
 
@@ -63,12 +75,21 @@ class Options(usage.Options):
         ["history-size", None, None, "Messages kept per channel (default 1000)."],
         ["history-ttl", None, None, "Seconds a message is kept (default 3600)."],
         ["max-message-size", None, None, "Largest accepted message, bytes (default 65536)."],
+        ["workers", None, None, "Processes sharing the listeners (default 1; >1 needs Redis)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self.settings = Settings()
+        self.argv: list[str] = []
+        self.cwd = os.getcwd()
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Kept as given (and where): workers are started with the same arguments."""
+        self.argv = list(sys.argv[1:] if options is None else options)
+        self.cwd = os.getcwd()
+        super().parseOptions(options)
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on this Twisted endpoint (repeatable; default
@@ -96,6 +117,9 @@ class Options(usage.Options):
         message_size = _number(self, "max-message-size", int)
         if message_size is not None:
             config.replace(settings, "limits", message_size=message_size)
+        workers = _number(self, "workers", int)
+        if workers is not None:
+            settings.workers = workers
         config.check(settings)
         from twisted.internet import reactor
 
@@ -115,15 +139,21 @@ class Listener(Service):
     systemd's ``READY=1``) and tests (the port of ``tcp:0``) need.
     """
 
-    def __init__(self, description: str, factory: IProtocolFactory, reactor: Any) -> None:
+    def __init__(
+        self, description: str, factory: IProtocolFactory, reactor: Any, fd: int | None = None
+    ) -> None:
         self.description = description
         self.factory = factory
         self.reactor = reactor
+        self.fd = fd  # a worker's inherited listening socket, adopted instead of bound
         self.port: IListeningPort | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
         super().startService()
+        if self.fd is not None:
+            self._listening(adopt(self.reactor, self.fd, self.factory, self.description))
+            return
         endpoint = serverFromString(self.reactor, self.description)
         d = endpoint.listen(self.factory)
         failures: list[Any] = []
@@ -208,21 +238,44 @@ class Daemon(MultiService):
         if limits.connect_rate:
             self.site.connect_rates = Buckets(limits.connect_rate, reactor)
         self.site.draining = lambda: self.registry.draining
-        self.listeners = [Listener(e, self.site, reactor) for e in settings.listen]
+        # 0: this process binds (alone, or the parent of workers); 1..: a worker
+        # that adopts the parent's listening sockets (pushd.workers).
+        self.worker = worker_index(environ or {})
+        self.workers: Workers | None = None  # the parent's, set by makeService
+        self._link: ParentLink | None = None
+        self._told_to_stop = False  # a worker's parent asked it to drain
+        fds = iter(range(FIRST_LISTEN_FD, FIRST_LISTEN_FD + len(settings.listen) + 1))
+
+        def inherited() -> int | None:
+            return next(fds) if self.worker else None
+
+        self.listeners = [
+            Listener(e, self.site, reactor, inherited()) for e in settings.listen
+        ]
         for listener in self.listeners:
             listener.setServiceParent(self)
         self.metrics_listener: Listener | None = None
         metrics = metrics_resource(self)
+        self.host_metrics: HostMetrics | None = None
+        if settings.workers > 1:  # a scrape of any worker answers for all of them
+            group = (environ or {}).get(GROUP_ENV) or str(os.getpid())
+            self.host_metrics = HostMetrics(
+                reactor, group, self.worker, settings.workers, metrics.own
+            )
+            metrics.host = self.host_metrics
         if settings.metrics.listen:
             metrics_site = HttpServer(
                 WebBridge(ops_root(self, metrics)), reactor, settings.http,
                 lambda method, path: 1024,
             )
-            self.metrics_listener = Listener(settings.metrics.listen, metrics_site, reactor)
+            self.metrics_listener = Listener(
+                settings.metrics.listen, metrics_site, reactor, inherited()
+            )
             self.metrics_listener.setServiceParent(self)
         else:
             self.web.extra_routes["metrics"] = metrics
         self._drain_done: Deferred[None] | None = None
+        self._cut_early = False  # a second SIGTERM came before the drain's wait began
         self._stopping: Deferred[None] | None = None
 
     def resource(self) -> Resource:
@@ -238,6 +291,13 @@ class Daemon(MultiService):
 
     def startService(self) -> None:
         self.notifier.startService()
+        if self.worker:
+            from twisted.internet.stdio import StandardIO
+
+            self._link = ParentLink(self._parent_says)
+            StandardIO(self._link, stdin=0, stdout=CONTROL_FD, reactor=self.reactor)
+        if self.host_metrics is not None:
+            self.host_metrics.start()
         super().startService()
         # Ready once the listeners are up *and* the reactor runs: twistd starts
         # services before reactor.run(), and only then is our SIGTERM handler
@@ -248,8 +308,49 @@ class Daemon(MultiService):
 
     def _serving(self, _: object) -> None:
         self.registry.started = True
+        if self._link is not None:
+            self._link.ready()
+            log.info("worker {index} ready", index=self.worker)
+            return
+        if self.workers is not None:
+            ports = [x.port for x in (*self.listeners, self.metrics_listener)
+                     if x is not None and x.port is not None]
+            for port in ports:
+                # Close, never shut down, the shared socket when this process stops
+                # listening: a shutdown() would stop every worker's accept() with it
+                # (EINVAL), not only ours. Adopted ports already behave so.
+                port._shouldShutdown = False
+            fds = [port.fileno() for port in ports]
+            self.workers.start(fds).addCallback(self._all_serving)
+            return
+        self._all_serving(None)
+
+    def _all_serving(self, _: object) -> None:
+        """Every process serves: now systemd may count the service as started."""
         self.notifier.ready()
-        log.info("pushd ready: {listen}", listen=", ".join(self.settings.listen))
+        workers = f" ({self.settings.workers} workers)" if self.workers is not None else ""
+        log.info(
+            "pushd ready: {listen}{workers}",
+            listen=", ".join(self.settings.listen), workers=workers,
+        )
+
+    def _parent_says(self, word: str) -> None:
+        """A worker hears its parent (:class:`pushd.workers.ParentLink`).
+
+        ``drain`` is the parent's SIGTERM, ``now`` its second one; ``gone``:
+        the parent went away without stopping us, so drain and exit rather
+        than serve orphaned. A drain already under way (this process was
+        sent SIGTERM itself too) is not cut short by ``drain`` or ``gone``.
+        """
+        stopping = self._stopping is not None or self.registry.draining
+        if word == "now":
+            self.terminate()
+        elif word in ("drain", "gone") and not stopping and not self._told_to_stop:
+            self._told_to_stop = True
+            if word == "gone":
+                log.warn("worker {index}: the parent process is gone; draining",
+                         index=self.worker)
+            self.terminate()
 
     # -- stopping ---------------------------------------------------------
     def stopService(self) -> Deferred[None]:
@@ -264,6 +365,8 @@ class Daemon(MultiService):
         try:
             await maybeDeferred(super().stopService)
         finally:
+            if self.host_metrics is not None:
+                await maybeDeferred(self.host_metrics.stop)
             self.notifier.stopService()
 
     async def drain(self) -> None:
@@ -282,6 +385,9 @@ class Daemon(MultiService):
             return
         self.registry.draining = True
         self.notifier.stopping()
+        began = self.reactor.seconds()
+        if self.workers is not None:
+            self.workers.terminate()  # they drain alongside
         connections = self.site.connections
         log.info(
             "draining: {n} subscriptions, {c} connections, up to {t:g}s",
@@ -295,6 +401,8 @@ class Daemon(MultiService):
         connections.close_idle()
         done: Deferred[None] = Deferred()
         self._drain_done = done
+        if self._cut_early:
+            self.cut_short()
         timer = self.reactor.callLater(self.settings.drain.timeout, self.cut_short)
         connections.empty().addCallback(lambda _: self.cut_short())
         await done
@@ -305,12 +413,31 @@ class Daemon(MultiService):
             connections.abort_all()
         else:
             log.info("drain: every client has gone")
+        if self.workers is not None:
+            await self._workers_gone(began + self.settings.drain.timeout + WORKER_GRACE)
+
+    async def _workers_gone(self, deadline: float) -> None:
+        """Wait for the workers' own drains; kill whatever is left at ``deadline``."""
+        assert self.workers is not None
+        gone = self.workers.gone()
+        timer = self.reactor.callLater(
+            max(0.0, deadline - self.reactor.seconds()), self.workers.kill
+        )
+        await gone
+        if timer.active():
+            timer.cancel()
 
     def cut_short(self) -> None:
-        """End the drain's wait now (its timeout, or a second SIGTERM)."""
+        """End the drain's wait now (its timeout, or a second SIGTERM).
+
+        Asked while the listeners are still closing, before the wait began,
+        it ends the wait as soon as it begins.
+        """
         done, self._drain_done = self._drain_done, None
         if done is not None:
             done.callback(None)
+        elif self.registry.draining:
+            self._cut_early = True
 
     def terminate(self) -> None:
         """SIGTERM: the first drains and stops the reactor; the next cuts the drain short.
@@ -321,6 +448,8 @@ class Daemon(MultiService):
         """
         if self._stopping is not None or self.registry.draining:
             log.info("second SIGTERM: not waiting for clients any longer")
+            if self.workers is not None:
+                self.workers.cut_short()
             self.cut_short()
             return
         log.info("SIGTERM: draining")
@@ -339,6 +468,10 @@ class Daemon(MultiService):
         SIGUSR1), so there is nothing to reopen: the line is all it does.
         """
         log.info("SIGHUP: logs go to stdout, nothing to reopen; still serving")
+
+
+# Seconds past the drain timeout the parent waits for a worker to exit before killing it.
+WORKER_GRACE = 5.0
 
 
 def install_sigterm(daemon: Daemon, reactor: Any) -> None:
@@ -420,6 +553,10 @@ def makeService(options: Options, reactor: Any = None) -> Daemon:
         daemon = Daemon(options.settings, reactor, os.environ)
     except ConfigError as e:
         raise SystemExit(f"pushd: {e}") from None
+    if options.settings.workers > 1 and not daemon.worker:
+        daemon.workers = Workers(
+            reactor, options.settings.workers, worker_command(options), os.environ, options.cwd
+        )
     reactor.callWhenRunning(install_sigterm, daemon, reactor)
     reactor.callWhenRunning(install_sighup, daemon, reactor)
     reactor.callWhenRunning(tune_gc)

@@ -109,6 +109,12 @@ BAD_FILES = [
     ('listen = ["nope:1"]', "listen endpoint 'nope:1' is not usable"),
     ("[websocket]\npublish = 1", "[websocket] publish must be a bool"),
     ("[[source]]\nchannel = 'x'", "[[source]] #1 needs a type"),
+    ("workers = 0", "workers must be at least 1"),
+    ("workers = 2", 'workers = 2 needs the Redis broker (broker = "redis://...")'),
+    (
+        'broker = "redis://127.0.0.1:6379/0"\nworkers = 2\nlisten = ["tor:80"]',
+        "workers > 1 shares tcp:, ssl:, unix: and systemd: listeners only, not 'tor:80'",
+    ),
 ]
 
 
