@@ -182,3 +182,9 @@ async def test_websocket_publish_frames_follow_the_same_rule(start_daemon: Any) 
     finally:
         for proto in (far, near):
             proto.transport.abortConnection()
+
+
+def test_a_unix_socket_peer_is_this_machine() -> None:
+    clients = Clients([])
+    assert clients.is_local(Who("")) is True
+    assert clients.is_local(Who("", x_forwarded_for="203.0.113.9")) is False

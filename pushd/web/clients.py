@@ -118,7 +118,8 @@ class Clients:
         """Whether ``who`` comes from this machine, through trusted proxies only."""
         peer = peer_of(who)
         if not self.trusts(peer):
-            return is_loopback(peer) and not proxied(who)
+            # "" is a unix socket's peer: a process on this machine
+            return (peer == "" or is_loopback(peer)) and not proxied(who)
         return is_loopback(self.address(who))
 
 
