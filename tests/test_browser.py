@@ -490,6 +490,8 @@ def guarded(tmp_path_factory: Any) -> Any:
     """A daemon whose channels need a token (a key configured, nothing public)."""
     config = f"""
 source = []
+[auth]
+leeway = 0
 [[auth.key]]
 alg = "HS256"
 secret = "{SECRET}"
@@ -537,3 +539,49 @@ def test_get_token_is_asked_before_every_connection_and_nothing_is_lost(
     without = view(page, "none")
     assert without["data"] == [] and "open:" + transport not in without["states"]
     assert without["stats"]["failures"] >= 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_get_token_keeps_receiving_across_expiries_with_no_loss(
+    context: Any, guarded: PushdProcess, transport: str
+) -> None:
+    """Tokens that live 1.5 s each: the server ends the subscription as each
+    expires (SSE event, stream frame, long-poll answer, WebSocket frame; a
+    poll is refused 401), and pushd.js comes back with the next token and its
+    cursor, so every message published across the expiries arrives once."""
+    import jwt
+
+    ch = "secret-exp-" + transport
+    now = time.time()
+    tokens = [
+        jwt.encode(
+            {"sub": "page", "exp": now + 1.5 * (i + 1), "pushd": {"subscribe": ["secret-*"]}},
+            SECRET, algorithm="HS256",
+        )
+        for i in range(12)
+    ]
+    page = test_page(context, guarded.url, guarded.url + "/pushd.js")
+    page.evaluate(
+        """([base, ch, transport, tokens]) => {
+            T.tokens = 0;
+            T.start("s", base, ch, {
+                transport, pollInterval: 100,
+                // the first token still valid now
+                getToken: async () => {
+                    T.tokens += 1;
+                    const now = Date.now() / 1000;
+                    return tokens.find((t) => JSON.parse(atob(t.split(".")[1])).exp > now + 0.2);
+                },
+            });
+        }""",
+        [guarded.url, ch, transport, tokens],
+    )
+    wait_open(page, "s")
+    sent = []
+    deadline = now + 4.5  # three tokens' lives: at least two expiries
+    while time.time() < deadline:
+        sent.append(guarded.publish(ch, {"n": len(sent)}))
+        page.wait_for_timeout(150)  # publishing at about 6 msg/s, not waiting for an event
+    seen = got(page, "s", len(sent))
+    assert seen["ids"] == sent
+    assert page.evaluate("() => T.tokens") >= 3, seen["states"]
