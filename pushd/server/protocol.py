@@ -546,29 +546,7 @@ class HttpConnection(Protocol):
         if path not in ALWAYS_SERVED:
             if self.over_limit:
                 self.server.connections.refused += 1
-                if self.rate_wait:
-                    log.warn(
-                        "refused {method} {path} from {peer}: connection rate reached",
-                        method=method.decode("latin-1"),
-                        path=path.decode("latin-1", "replace")[:200],
-                        peer=self.peer_host,
-                    )
-                    raise HttpError(
-                        429, "rate_limited",
-                        "too many new connections from this address ([limits] connect_rate); "
-                        f"retry in {self.rate_wait} s",
-                        self.rate_wait,
-                    )
-                log.warn(
-                    "refused {method} {path} from {peer}: connection limit reached",
-                    method=method.decode("latin-1"),
-                    path=path.decode("latin-1", "replace")[:200],
-                    peer=self.peer_host,
-                )
-                raise HttpError(
-                    503, "too_many_connections", "connection limit reached; retry later",
-                    self.server.retry_after,
-                )
+                raise self._refusal(method, path)
             if self.server.draining():
                 raise HttpError(503, "draining", "this server is shutting down",
                                 self.server.retry_after)
@@ -582,6 +560,32 @@ class HttpConnection(Protocol):
                     self.transport.write(CONTINUE)
                 else:  # after the answers before it
                     self._continue_pending = True
+
+    def _refusal(self, method: bytes, path: bytes) -> HttpError:
+        """The answer of a connection accepted past a limit: its rate (429) or
+        the connection limits (503); logged once, naming which."""
+        if self.rate_wait:
+            what = "connection rate"
+            error = HttpError(
+                429, "rate_limited",
+                "too many new connections from this address ([limits] connect_rate); "
+                f"retry in {self.rate_wait} s",
+                self.rate_wait,
+            )
+        else:
+            what = "connection limit"
+            error = HttpError(
+                503, "too_many_connections", "connection limit reached; retry later",
+                self.server.retry_after,
+            )
+        log.warn(
+            "refused {method} {path} from {peer}: {what} reached",
+            method=method.decode("latin-1"),
+            path=path.decode("latin-1", "replace")[:200],
+            peer=self.peer_host,
+            what=what,
+        )
+        return error
 
     def on_body(self, data: bytes) -> None:
         self._body_len += len(data)
