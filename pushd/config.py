@@ -36,7 +36,7 @@ class Limits:
     max_channels: int = 0  # channels a publish may create; 0 = unlimited
     retry_after: int = 5  # seconds, the Retry-After of a 503 sent at a limit
     publish_rate: float = 0.0  # publishes a second per token sub, else per address; 0 = none
-    connect_rate: float = 0.0  # new TCP connections a second per peer address; 0 = none
+    connect_rate: float = 0.0  # new connections a second per client address; 0 = none
 
 
 @dataclass

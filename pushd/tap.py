@@ -237,6 +237,8 @@ class Daemon(MultiService):
         self.site.retry_after = limits.retry_after
         if limits.connect_rate:
             self.site.connect_rates = Buckets(limits.connect_rate, reactor)
+        # behind a trusted proxy those limits count the clients it names
+        self.site.clients = self.context.clients
         self.site.draining = lambda: self.registry.draining
         # 0: this process binds (alone, or the parent of workers); 1..: a worker
         # that adopts the parent's listening sockets (pushd.workers).

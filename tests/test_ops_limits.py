@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from pushd.config import Settings
 from tests.clients import RawHTTP, dechunk, get_request, split_response, subscribed
@@ -122,3 +123,89 @@ async def test_refused_publish_has_retry_after(start_daemon: Any) -> None:
     text = body if "content-length" in headers else b"".join(dechunk(body)[0])
     assert json.loads(text)["error"] == "too_many_channels"
     client.close()
+
+
+def behind_proxy(**values: int) -> Any:
+    """Limits, with 127.0.0.1 a trusted proxy (as the shipped nginx site sets it)."""
+
+    def edit(s: Settings) -> None:
+        limits(**values)(s)
+        s.trusted_proxies = ["127.0.0.1"]
+
+    return edit
+
+
+def as_client(address: str) -> str:
+    return f"X-Forwarded-For: {address}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_a_trusted_proxy_the_per_address_limit_counts_the_named_client(
+    start_daemon: Any,
+) -> None:
+    """Every connection comes from the proxy (127.0.0.1): the limit counts
+    the client its X-Forwarded-For names, for as long as that client's
+    request is being answered; a kept-alive connection between requests
+    counts for nobody (nginx carries many clients' requests on each)."""
+    running = start_daemon(behind_proxy(max_connections_per_address=2, retry_after=7))
+    port = running.port
+    # A kept-alive connection that answered a poll for 10.0.0.1 and stays open:
+    kept = await RawHTTP.open(port, get_request("/channels/p/poll", as_client("10.0.0.1")))
+    await bounded(kept.contains(b"\r\n\r\n"))
+    assert kept.data.startswith(b"HTTP/1.1 200") and not kept.ended
+    # ... so two streams of that client fit under its limit of 2,
+    first = await RawHTTP.open(port, get_request("/channels/p/events", as_client("10.0.0.1")))
+    second = await RawHTTP.open(port, get_request("/channels/p/stream", as_client("10.0.0.1")))
+    await subscribed(running.broker, "p", 2)
+    # a third is one too many, wherever it comes through,
+    status, headers, body = await refused(
+        port, get_request("/channels/p/events", as_client("10.0.0.1"), "Connection: close")
+    )
+    assert (status, headers["retry-after"]) == (b"HTTP/1.1 503 Service Unavailable", "7")
+    assert json.loads(body)["error"] == "too_many_connections"
+    # the kept-alive connection too (it carries a request of that client now),
+    kept.data = b""
+    kept.protocol.transport.write(get_request("/channels/p/longpoll", as_client("10.0.0.1")))
+    await bounded(kept.until(lambda _: kept.ended))
+    assert kept.data.startswith(b"HTTP/1.1 503")
+    # while another client through the same proxy is served, past the proxy's 3 connections,
+    third = await RawHTTP.open(port, get_request("/channels/p/events", as_client("10.0.0.2")))
+    await subscribed(running.broker, "p", 3)
+    # and a client the header does not name is the proxy itself, counted apart.
+    status, _, _ = await refused(port, get_request("/channels/p/poll", "Connection: close"))
+    assert status == b"HTTP/1.1 200 OK"
+    await running.broker.publish("p", "all here")
+    for client in (first, third):
+        await bounded(client.contains(b"data: all here"))
+    await bounded(second.contains(b'"data":"all here"'))
+    # One of 10.0.0.1's streams ends: it may open another.
+    connections = running.daemon.site.connections
+    original, gone = connections.release, Deferred()
+
+    def release(host: str) -> None:
+        original(host)
+        if host == "10.0.0.1" and not gone.called:
+            gone.callback(None)
+
+    connections.release = release
+    second.close()
+    await bounded(gone)
+    again = await RawHTTP.open(port, get_request("/channels/p/stream", as_client("10.0.0.1")))
+    await subscribed(running.broker, "p", 3)
+    for client in (first, third, again):
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_an_untrusted_proxy_the_header_changes_nothing(start_daemon: Any) -> None:
+    """Without trusted_proxies the header is not believed: the peer is counted."""
+    running = start_daemon(limits(max_connections_per_address=1))
+    held = await RawHTTP.open(
+        running.port, get_request("/channels/u/events", as_client("10.0.0.1"))
+    )
+    await subscribed(running.broker, "u")
+    status, _, _ = await refused(
+        running.port, get_request("/channels/u/events", as_client("10.0.0.2"))
+    )
+    assert status == b"HTTP/1.1 503 Service Unavailable"
+    held.close()

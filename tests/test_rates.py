@@ -1,8 +1,8 @@
 """Rate limits (DESIGN "Who may publish and read", issue 20 point 6).
 
 ``[limits] publish_rate``: publishes a second per token ``sub``, else per
-client address; ``[limits] connect_rate``: new connections a second per peer
-address. Over the rate: ``429 {"error":"rate_limited"}`` with ``Retry-After``,
+client address; ``[limits] connect_rate``: new connections a second per client
+address (behind a trusted proxy: each request, for the client it names). Over the rate: ``429 {"error":"rate_limited"}`` with ``Retry-After``,
 over WebSocket an error frame (the connection stays open). Other clients
 are not slowed.
 
@@ -228,13 +228,13 @@ async def test_each_token_subject_has_its_own_bucket_wherever_it_publishes_from(
 
 # -- connect_rate over real sockets -------------------------------------------------------
 async def exchange(
-    port: int, path: str, source: str = "127.0.0.1"
+    port: int, path: str, source: str = "127.0.0.1", headers: tuple[str, ...] = ()
 ) -> tuple[bytes, dict[str, str], bytes]:
     """One request on a new connection from ``source``; the answer once closed."""
     client = RawHTTP()
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
     client.protocol = await connectProtocol(endpoint, _RawProtocol(client))
-    client.protocol.transport.write(get_request(path, "Connection: close"))
+    client.protocol.transport.write(get_request(path, *headers, "Connection: close"))
     await bounded(client.until(lambda _: client.ended))
     return split_response(client.data)
 
@@ -276,3 +276,47 @@ async def test_connections_over_the_rate_get_429_and_another_address_is_not_slow
     assert status == b"HTTP/1.1 200 OK"
     status, _, _ = await exchange(port, "/channels/c/poll")
     assert status == b"HTTP/1.1 429 Too Many Requests"
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_a_trusted_proxy_connect_rate_counts_each_request_of_the_named_client(
+    start_daemon: Any,
+) -> None:
+    """Behind nginx every connection comes from 127.0.0.1, and one kept-alive
+    connection carries many clients' requests: the rate is then taken per
+    request, for the client its X-Forwarded-For names."""
+
+    def edit(s: Settings) -> None:
+        s.limits.connect_rate = 2
+        s.trusted_proxies = ["127.0.0.1"]
+
+    running = start_daemon(edit)
+    clock = Clock()
+    clock.advance(1000)
+    running.daemon.site.connect_rates.clock = clock
+    proxy = await RawHTTP.open(running.port, b"")
+    answers = []
+    for client in ("10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2"):
+        proxy.data = b""
+        proxy.protocol.transport.write(
+            get_request("/channels/c/poll", f"X-Forwarded-For: {client}")
+        )
+        await bounded(proxy.contains(b"\r\n\r\n"))
+        answers.append(proxy.data.split(b"\r\n", 1)[0])
+    assert answers == [b"HTTP/1.1 200 OK"] * 4  # four requests, two clients: within 2 each
+    # a third for 10.0.0.1 is over its rate, on this kept-alive connection too
+    proxy.data = b""
+    proxy.protocol.transport.write(get_request("/channels/c/poll", "X-Forwarded-For: 10.0.0.1"))
+    await bounded(proxy.until(lambda _: proxy.ended))
+    status, headers, body = split_response(proxy.data)
+    assert (status, headers["retry-after"]) == (b"HTTP/1.1 429 Too Many Requests", "1")
+    assert json.loads(body)["error"] == "rate_limited"
+    # the proxy's other clients are not slowed, nor is the proxy's own address
+    for who in ("X-Forwarded-For: 10.0.0.3", "X-Forwarded-For: 10.0.0.3", "Accept: */*"):
+        status, _, _ = await exchange(running.port, "/channels/c/poll", headers=(who,))
+        assert status == b"HTTP/1.1 200 OK"
+    clock.advance(0.5)  # one token back for 10.0.0.1
+    status, _, _ = await exchange(
+        running.port, "/channels/c/poll", headers=("X-Forwarded-For: 10.0.0.1",)
+    )
+    assert status == b"HTTP/1.1 200 OK"

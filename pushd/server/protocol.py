@@ -162,9 +162,21 @@ class Connections:
             return True
         return bool(self.max_per_address and self.per_address[host] >= self.max_per_address)
 
+    def over_total(self) -> bool:
+        """Would one more connection pass the total limit?"""
+        return bool(self.max_total and self.total >= self.max_total)
+
+    def release(self, host: str) -> None:
+        """One connection (or proxied request) of ``host`` is gone."""
+        per_address = self.per_address
+        per_address[host] -= 1
+        if per_address[host] <= 0:
+            del per_address[host]
+
     def registerProtocol(self, conn: HttpConnection) -> None:
         self.open.add(conn)
-        self.per_address[conn.peer_host] += 1
+        if not conn.via_proxy:  # a proxy's requests count for their clients
+            self.per_address[conn.peer_host] += 1
         if self.log_each:
             log.debug("connection opened from {peer}", peer=conn.peer_host)
 
@@ -172,9 +184,11 @@ class Connections:
         if conn not in self.open:
             return
         self.open.discard(conn)
-        self.per_address[conn.peer_host] -= 1
-        if self.per_address[conn.peer_host] <= 0:
-            del self.per_address[conn.peer_host]
+        if not conn.via_proxy:
+            self.release(conn.peer_host)
+        clients, conn.clients = conn.clients, None
+        for client in clients or ():
+            self.release(client)
         if self.log_each:
             log.debug("connection closed from {peer}", peer=conn.peer_host)
         if not self.open:
@@ -240,9 +254,12 @@ class HttpServer(Factory):
         self.responses: Counter[int] = Counter()
         self.retry_after = retry_after
         self.draining = draining
-        # [limits] connect_rate: new connections a second per peer address
+        # [limits] connect_rate: new connections a second per client address
         # (pushd.rates.Buckets on the clock); None: no limit
         self.connect_rates: Any = None
+        # trusted_proxies (pushd.web.clients.Clients): the connections of a
+        # trusted proxy are counted for the clients it names; None: by peer
+        self.clients: Any = None
 
     def logPrefix(self) -> str:
         # The start-up line "PushdSite starting on <port>" is what scripts
@@ -252,6 +269,17 @@ class HttpServer(Factory):
     def buildProtocol(self, addr: IAddress) -> HttpConnection:
         host = str(getattr(addr, "host", ""))
         rates = self.connect_rates
+        clients = self.clients
+        if (
+            clients is not None
+            and (rates is not None or self.connections.max_per_address)
+            and clients.trusts(host)
+        ):
+            # The per-address limits count the clients this proxy's requests
+            # name, one request at a time (see HttpConnection._admit).
+            conn = HttpConnection(self, host, self.connections.over_total())
+            conn.via_proxy = True
+            return conn
         if rates is not None:
             wait = rates.take(host)
             if wait:  # answered like a connection past a limit, with 429
@@ -350,6 +378,11 @@ class HttpConnection(Protocol):
     _keep = True  # the current response leaves the connection open
     _sock: Any = None  # plain TCP: the socket compat.send may send on
     rate_wait = 0  # over [limits] connect_rate: seconds to wait (its 429's Retry-After)
+    # From a trusted proxy while per-address limits are set: each request is
+    # counted for the client it names, from its head until its answer ends
+    # (a stream or WebSocket: until the connection ends).
+    via_proxy = False
+    clients: deque[str] | None = None  # those clients, oldest request first
 
     def __init__(self, server: HttpServer, peer_host: str, over_limit: bool) -> None:
         self.factory = server  # type: ignore[assignment]
@@ -550,6 +583,8 @@ class HttpConnection(Protocol):
             if self.server.draining():
                 raise HttpError(503, "draining", "this server is shutting down",
                                 self.server.retry_after)
+            if self.via_proxy:
+                self._admit(method, path)
         self._body_limit = limit = self.server.body_limit(method, path)
         length = self._content_length
         if length is not None and length > limit:
@@ -561,16 +596,46 @@ class HttpConnection(Protocol):
                 else:  # after the answers before it
                     self._continue_pending = True
 
-    def _refusal(self, method: bytes, path: bytes) -> HttpError:
-        """The answer of a connection accepted past a limit: its rate (429) or
-        the connection limits (503); logged once, naming which."""
-        if self.rate_wait:
+    def _admit(self, method: bytes, path: bytes) -> None:
+        """Count a trusted proxy's request for the client it names.
+
+        pushd cannot see the connections a proxy's clients opened to it (nginx
+        carries many clients' requests on each kept-alive connection), so
+        here a request is one of its client's connections: ``connect_rate``
+        takes a token for it, and while it is being answered (held, or
+        streaming) it counts toward ``max_connections_per_address``.
+        """
+        server = self.server
+        client = server.clients.forwarded(self.peer_host, self._index.get(b"x-forwarded-for"))
+        rates = server.connect_rates
+        if rates is not None:
+            wait = rates.take(client)
+            if wait:
+                server.connections.refused += 1
+                raise self._refusal(method, path, wait, client)
+        connections = server.connections
+        limit = connections.max_per_address
+        if limit and connections.per_address[client] >= limit:
+            connections.refused += 1
+            raise self._refusal(method, path, 0, client)
+        connections.per_address[client] += 1
+        if self.clients is None:
+            self.clients = deque()
+        self.clients.append(client)
+
+    def _refusal(
+        self, method: bytes, path: bytes, wait: int | None = None, who: str | None = None
+    ) -> HttpError:
+        """The answer of a connection (or a proxied request) past a limit: its
+        rate (429) or the connection limits (503); logged once, naming which."""
+        wait = self.rate_wait if wait is None else wait
+        if wait:
             what = "connection rate"
             error = HttpError(
                 429, "rate_limited",
                 "too many new connections from this address ([limits] connect_rate); "
-                f"retry in {self.rate_wait} s",
-                self.rate_wait,
+                f"retry in {wait} s",
+                wait,
             )
         else:
             what = "connection limit"
@@ -582,7 +647,7 @@ class HttpConnection(Protocol):
             "refused {method} {path} from {peer}: {what} reached",
             method=method.decode("latin-1"),
             path=path.decode("latin-1", "replace")[:200],
-            peer=self.peer_host,
+            peer=self.peer_host if who is None else who,
             what=what,
         )
         return error
@@ -721,6 +786,8 @@ class HttpConnection(Protocol):
         """The current response is complete: close, or answer the next."""
         self._current = None
         self._exchange = None
+        if self.clients:  # a proxied request's client: one connection fewer
+            self.server.connections.release(self.clients.popleft())
         if not self._keep:
             self._closing = True
             self._held = None

@@ -105,7 +105,11 @@ class Clients:
         peer = peer_of(who)
         if not self.trusts(peer):
             return peer
-        forwarded = who.getHeader(b"x-forwarded-for")
+        return self.forwarded(peer, who.getHeader(b"x-forwarded-for"))
+
+    def forwarded(self, peer: str, forwarded: bytes | None) -> str:
+        """The client a trusted proxy ``peer`` names in ``X-Forwarded-For``
+        (the value given): the rightmost hop that is not itself trusted."""
         if forwarded is None:
             return peer
         hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
