@@ -128,10 +128,13 @@ def _expire_with_token(ctx: Context, who: object, reader: Reader) -> None:
     expiry itself (pushd.web.ws), so its channel readers have no ``expire``.
     """
     expire = getattr(reader, "expire", None)
-    at = ctx.tokens.expires(who) if ctx.tokens is not None else None
+    tokens = ctx.tokens
+    at = tokens.expires(who) if tokens is not None else None
     if expire is None or at is None or reader.ended:
         return
-    reader.expiry = ctx.clock.callLater(max(0.0, at - ctx.clock.seconds()), expire)  # type: ignore[attr-defined]
+    # on the clock tokens are judged by (the reactor; a test's Clock)
+    clock = tokens.clock  # type: ignore[union-attr]
+    reader.expiry = clock.callLater(max(0.0, at - clock.seconds()), expire)  # type: ignore[attr-defined]
 
 
 def _live(_: object, ctx: Context, reader: Reader, sub: Subscription) -> None:

@@ -414,7 +414,7 @@ class WsProtocol(WebSocketServerProtocol):
         tokens = self.ctx.tokens
         if tokens is None or self.bearer is None:
             return
-        clock = self.ctx.clock
+        clock = tokens.clock  # the clock tokens are judged by
         try:
             at = tokens.expires(self)
         except PushdError:  # expired since it was checked: now
@@ -431,7 +431,8 @@ class WsProtocol(WebSocketServerProtocol):
     def _expired(self) -> None:
         self._expiry = None
         self.send_json({"type": "expired"})
-        self._grace = self.ctx.clock.callLater(self.ctx.settings.auth.grace, self._grace_over)
+        clock = self.ctx.tokens.clock  # type: ignore[union-attr]
+        self._grace = clock.callLater(self.ctx.settings.auth.grace, self._grace_over)
 
     def _grace_over(self) -> None:
         self._grace = None
