@@ -546,9 +546,12 @@ def test_get_token_keeps_receiving_across_expiries_with_no_loss(
     context: Any, guarded: PushdProcess, transport: str
 ) -> None:
     """Tokens that live 1.5 s each: the server ends the subscription as each
-    expires (SSE event, stream frame, long-poll answer, WebSocket frame; a
-    poll is refused 401), and pushd.js comes back with the next token and its
-    cursor, so every message published across the expiries arrives once."""
+    expires (SSE event, stream frame, long-poll answer; a poll is refused
+    401), and pushd.js comes back with the next token and its cursor; a
+    WebSocket is told ``expired`` and pushd.js sends the next token in an
+    auth frame on the same connection. Every message published across the
+    expiries arrives once. (Real seconds: a browser cannot share the
+    daemon's clock; tests/test_auth_expiry.py covers each transport on it.)"""
     import jwt
 
     ch = "secret-exp-" + transport
@@ -585,3 +588,6 @@ def test_get_token_keeps_receiving_across_expiries_with_no_loss(
     seen = got(page, "s", len(sent))
     assert seen["ids"] == sent
     assert page.evaluate("() => T.tokens") >= 3, seen["states"]
+    if transport == "ws":  # renewed on the open connection: it never reconnected
+        assert not any(s.startswith("reconnecting") for s in seen["states"]), seen["states"]
+        assert seen["stats"]["failures"] == 0

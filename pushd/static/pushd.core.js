@@ -105,14 +105,18 @@ class Conn {
 }
 
 // Frames of the WebSocket and NDJSON stream: {"type": "message" | "reset" | "closed", ...}.
-function typedFrame(conn, text) {
+// `renew`, when given, answers an "expired" frame instead of reconnecting.
+function typedFrame(conn, text, renew) {
   let f;
   try { f = JSON.parse(text); } catch (e) { return; }
   if (!f || typeof f !== "object") return;
   if (f.type === "message") conn.message(asMessage(f));
   else if (f.type === "reset") conn.reset(f.cursor === undefined ? null : f.cursor);
   else if (f.type === "closed") conn.channelClosed();
-  else if (f.type === "expired") conn.end(true); // back at once with a fresh token
+  else if (f.type === "expired") {
+    if (renew) renew();
+    else conn.end(true); // back at once with a fresh token
+  }
 }
 
 // A poll or long-poll answer: {"messages": [...], "cursor": C, "reset"?, "closed"?}.
@@ -144,12 +148,25 @@ const OPEN = {
     // A browser's WebSocket and EventSource cannot send headers: ?token=.
     const ws = new WebSocket(sub._url("ws", { since: sub.cursor, token: sub._token }, true));
     ws.onopen = () => conn.open();
+    // An expired token is replaced on the open connection (an auth frame
+    // within the server's grace): messages keep flowing, nothing reconnects.
+    const renew = sub._getToken === null ? null : async () => {
+      try {
+        const token = await sub._getToken();
+        if (!conn.active || ws.readyState !== WebSocket.OPEN) return;
+        sub._token = token == null ? null : String(token);
+        ws.send(JSON.stringify({ type: "auth", token: sub._token }));
+      } catch (e) {
+        conn.end(true); // no token now: reconnecting asks again
+      }
+    };
     ws.onmessage = (e) => {
       if (typeof e.data !== "string") return;
       conn.bytes(utf8Length(e.data));
-      typedFrame(conn, e.data);
+      typedFrame(conn, e.data, renew);
     };
-    ws.onclose = () => conn.end(false);
+    // 4001: the token expired and no new one came in time; back with a fresh one
+    ws.onclose = (e) => conn.end(e.code === 4001);
     return () => { ws.onclose = ws.onmessage = ws.onopen = null; ws.close(); };
   },
 

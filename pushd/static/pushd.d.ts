@@ -57,8 +57,10 @@ export interface Options<T = unknown> {
    *  (WebSocket, EventSource). */
   token?: string;
   /** Called before every connection (first, reconnects, and when the server
-   *  says the token expired); its token replaces `token`. The cursor is kept,
-   *  so nothing is lost across the renewal. */
+   *  says the token expired); its token replaces `token`. On a WebSocket an
+   *  expired token is replaced on the open connection (an `auth` frame); the
+   *  other transports reconnect with it. The cursor is kept, so nothing is
+   *  lost across the renewal. */
   getToken?: () => string | Promise<string>;
 }
 
