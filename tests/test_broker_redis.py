@@ -331,8 +331,37 @@ async def test_publish_on_one_node_reaches_subscribers_on_the_other(nodes: Any) 
     m = await publish(a, "news", {"n": 1})
     await rb.until(1)
     assert rb.ids == [m.id]
-    assert (await a.info("news")).subscribers == 0  # counts this node's
     assert (await b.info("news")).subscribers == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribers_are_summed_over_the_live_nodes(nodes: Any, redis: RedisServer) -> None:
+    """DESIGN "Many processes": ``subscribers`` sums the live nodes' counts,
+    as each last reported them (every couple of seconds; here reported by
+    hand), and a node that stopped reporting stops counting."""
+    a = await nodes(census_interval=3600)
+    b = await nodes(census_interval=3600)
+    c = await nodes(census_interval=3600)
+    await live(a, "many")
+    await live(a, "many")
+    await live(b, "many")
+    await live(c, "other")
+    for node in (a, b, c):
+        await within(node.census.report())
+    assert [(await n.info("many")).subscribers for n in (a, b, c)] == [3, 3, 3]
+    assert (await a.info("other")).subscribers == 1
+    # a new subscriber on a counts at once there, on the others at its next report
+    await live(a, "many")
+    assert [(await n.info("many")).subscribers for n in (a, b)] == [4, 3]
+    await within(a.census.report())
+    assert (await b.info("many")).subscribers == 4
+    # b is gone without a word (SIGKILL): once its liveness key expires it
+    # is not counted, though its field is still there
+    await raw(redis, "DEL", b.census.alive_key(b.census.node))
+    assert (await a.info("many")).subscribers == 3
+    # c stops cleanly: it takes its counts back before it closes
+    await within(c.stopService())
+    assert await a.info("other") is None  # no history, no subscribers anywhere: 404
 
 
 @pytest_twisted.ensureDeferred

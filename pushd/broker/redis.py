@@ -48,6 +48,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pushd.broker.census import Census
 from pushd.broker.hub import Hub, LocalSubscription
 from pushd.broker.interface import BrokerStats, ChannelInfo, Page, Subscriber
 from pushd.broker.resp import Link, RedisURL, ReplyError, Unavailable
@@ -145,6 +146,7 @@ class RedisBroker(Service):
         check_interval: float = 30.0,
         keep: float = 300.0,
         epoch: str | None = None,
+        census_interval: float = 2.0,
     ) -> None:
         self.clock = clock
         self.size = size
@@ -174,6 +176,8 @@ class RedisBroker(Service):
         )
         self._checker = LoopingCall(self.check)
         self._checker.clock = clock
+        # subscribers on the other nodes, for GET /channels/{ch}
+        self.census = Census(self.commands, self.hub, clock, prefix, interval=census_interval)
 
     # -- service -------------------------------------------------------------
     def startService(self) -> None:
@@ -181,16 +185,23 @@ class RedisBroker(Service):
         self.commands.start()
         self.pubsub.start()
         self._checker.start(self.check_interval, now=False)
+        self.census.start()
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
+        """Stop following; the links close once this node's subscriber counts
+        are taken back from Redis (at most ``timeout`` later)."""
         if self._checker.running:
             self._checker.stop()
-        self.commands.stop()
-        self.pubsub.stop()
         for feed in self._feeds.values():
             if feed.idle is not None and feed.idle.active():
                 feed.idle.cancel()
-        return super().stopService()
+        super().stopService()
+
+        def close(_: object) -> None:
+            self.commands.stop()
+            self.pubsub.stop()
+
+        return self.census.stop().addBoth(close)
 
     @property
     def available(self) -> bool:
@@ -336,7 +347,12 @@ class RedisBroker(Service):
 
     async def _info(self, channel: str) -> ChannelInfo | None:
         epoch, last, _, length, _ = await self._state(channel, "", "", 0)
-        subscribers = self.hub.count(channel)
+        try:  # this node's, and the other live nodes' as they last told
+            others = await self.census.others(channel)
+        except (Unavailable, ReplyError) as e:
+            log.warn("redis: subscribers on other nodes unknown: {e}", e=e)
+            others = 0
+        subscribers = self.hub.count(channel) + others
         if not length and not subscribers:
             return None
         last_id = f"{epoch}-{last}" if epoch is not None and last else None
