@@ -296,7 +296,7 @@ class Daemon(MultiService):
         if self.worker:
             from twisted.internet.stdio import StandardIO
 
-            self._link = ParentLink(self._parent_says)
+            self._link = ParentLink(self._parent_says, self.reactor)
             StandardIO(self._link, stdin=0, stdout=CONTROL_FD, reactor=self.reactor)
         if self.host_metrics is not None:
             self.host_metrics.start()

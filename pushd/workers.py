@@ -17,6 +17,9 @@ What the parent owns:
 - **Crashes**: a worker that dies while the parent is not stopping is
   started again, after a delay that doubles from 0.2 s up to 10 s while it
   keeps dying before it ever served for 10 s, so a crash loop cannot spin.
+- **Hangs**: a serving worker says ``alive`` every few seconds from its event
+  loop; one silent for ``Workers.SILENT`` seconds (stuck in a loop, stopped)
+  is killed and so started again: the parent is systemd's watchdog for them.
 - **Stopping**: the parent's drain asks every worker to drain too (each
   does so as on SIGTERM; a second SIGTERM on the parent reaches them as
   well) and the parent exits once they all have, killing any still there
@@ -27,7 +30,8 @@ environment variable: ``$PUSHD_WORKER`` is the worker's index; fd 0 is a
 pipe from the parent carrying ``drain`` and ``now`` (its first and second
 SIGTERM), whose end means the parent is gone (the worker then drains and
 exits rather than serving orphaned); fd 3 is a
-pipe to the parent on which it writes ``ready`` once it serves; fds 4, 5,
+pipe to the parent on which it writes ``ready`` once it serves, then
+``alive`` every ``BEAT`` seconds; fds 4, 5,
 ... are the listening sockets in the order of ``listen`` (then ``[metrics]
 listen``). ``$PUSHD_WORKER_GROUP`` (the parent's pid) names the abstract
 unix sockets on which the processes hand each other their metrics (see
@@ -46,6 +50,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -53,7 +58,8 @@ log = Logger()
 
 WORKER_ENV = "PUSHD_WORKER"
 GROUP_ENV = "PUSHD_WORKER_GROUP"  # the parent's pid: names the workers' metrics sockets
-CONTROL_FD = 3  # worker -> parent: "ready\n"
+CONTROL_FD = 3  # worker -> parent: "ready\n", then "alive\n" every BEAT seconds
+BEAT = 5.0
 FIRST_LISTEN_FD = 4
 TWISTD = "from twisted.scripts.twistd import run; run()"
 # systemd talks to the parent alone: a worker told these would claim MAINPID.
@@ -125,13 +131,24 @@ class ParentLink(Protocol):
     as a second SIGTERM that cuts its drain short.
     """
 
-    def __init__(self, on_word: Callable[[str], None]) -> None:
+    def __init__(self, on_word: Callable[[str], None], clock: Any = None) -> None:
         self.on_word = on_word
         self._buffer = b""
+        self._beat = LoopingCall(self._alive)
+        if clock is not None:
+            self._beat.clock = clock
 
     def ready(self) -> None:
+        """This worker serves: say so, then that it is alive, from the event
+        loop, every ``BEAT`` seconds (a loop that hangs stops saying it)."""
         if self.transport is not None:
             self.transport.write(b"ready\n")
+            if not self._beat.running:
+                self._beat.start(BEAT, now=False)
+
+    def _alive(self) -> None:
+        if self.transport is not None:
+            self.transport.write(b"alive\n")
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
@@ -140,6 +157,8 @@ class ParentLink(Protocol):
             self.on_word(line.decode("ascii", "replace").strip())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._beat.running:
+            self._beat.stop()
         self.on_word("gone")
 
 
@@ -151,13 +170,18 @@ class WorkerProcess(ProcessProtocol):
         self.index = index
         self.pid: int | None = None
         self.started_at = 0.0
+        self.heard = 0.0  # when it last said anything (ready, alive)
         self.ready = False
+        self.killed = False  # for its silence
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid  # type: ignore[union-attr]
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        if fd == CONTROL_FD and b"ready" in data and not self.ready:
+        if fd != CONTROL_FD:
+            return
+        self.heard = self.pool.reactor.seconds()
+        if b"ready" in data and not self.ready:
             self.ready = True
             self.pool._ready(self)
 
@@ -184,6 +208,7 @@ class Workers:
     FIRST_DELAY = 0.2  # seconds before a dead worker is started again
     MAX_DELAY = 10.0
     STEADY = 10.0  # a worker that served this long died of something new: no backoff
+    SILENT = 4 * BEAT  # a serving worker not heard from this long hangs: killed
 
     def __init__(
         self,
@@ -207,12 +232,15 @@ class Workers:
         self._waiting_ready = set(range(1, count))
         self._ready_d: Deferred[None] = Deferred()
         self._gone: list[Deferred[None]] = []
+        self._watch = LoopingCall(self._check)
+        self._watch.clock = reactor
 
     def start(self, fds: list[int]) -> Deferred[None]:
         """Start the workers on these listening fds; fires once each has served."""
         self.fds = list(fds)
         for index in range(1, self.count):
             self._spawn(index)
+        self._watch.start(BEAT, now=False)
         if not self._waiting_ready:
             self._ready_d.callback(None)
         return self._ready_d
@@ -265,9 +293,24 @@ class Workers:
         self.restarts += 1
         self.timers[proto.index] = self.reactor.callLater(delay, self._spawn, proto.index)
 
+    def _check(self) -> None:
+        """Kill a serving worker that has been silent for ``SILENT`` seconds
+        (its event loop hangs): it is then started again as if it had died."""
+        now = self.reactor.seconds()
+        for proto in list(self.procs.values()):
+            if proto.ready and not proto.killed and now - proto.heard > self.SILENT:
+                proto.killed = True
+                log.warn(
+                    "worker {index} (pid {pid}) silent for {s:.0f}s: killed",
+                    index=proto.index, pid=proto.pid, s=now - proto.heard,
+                )
+                proto.signal("KILL")
+
     def terminate(self) -> None:
         """Tell every worker to drain, as SIGTERM would, and start no more."""
         self.stopping = True
+        if self._watch.running:
+            self._watch.stop()
         for timer in self.timers.values():
             if timer.active():
                 timer.cancel()

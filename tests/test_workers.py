@@ -25,15 +25,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
-from twisted.internet.error import ProcessTerminated
-from twisted.internet.task import deferLater
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.error import ConnectionDone, ProcessTerminated
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from pushd.broker.memory import MemoryBroker
 from pushd.config import Settings
 from pushd.tap import Daemon
-from pushd.workers import CONTROL_FD, FIRST_LISTEN_FD, GROUP_ENV, WORKER_ENV, Workers
+from pushd.workers import (
+    BEAT,
+    CONTROL_FD,
+    FIRST_LISTEN_FD,
+    GROUP_ENV,
+    WORKER_ENV,
+    ParentLink,
+    Workers,
+)
 from tests.clients import RawHTTP, _RawProtocol, get_request, split_response
 from tests.process import ROOT, TWISTD, Child, bounded, spawn_pushd, started_port, stop
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
@@ -510,7 +518,7 @@ def test_a_crash_loop_backs_off_and_a_steady_worker_restarts_at_once() -> None:
     for _ in range(8):  # dies at once, again and again
         before = len(clock.spawned)
         died(clock.spawned[-1][0])
-        delay = clock.getDelayedCalls()[0].getTime() - clock.seconds()
+        delay = workers.timers[1].getTime() - clock.seconds()
         waits.append(round(delay, 3))
         clock.advance(delay)
         assert len(clock.spawned) == before + 1
@@ -520,7 +528,7 @@ def test_a_crash_loop_backs_off_and_a_steady_worker_restarts_at_once() -> None:
     proto.childDataReceived(CONTROL_FD, b"ready\n")
     clock.advance(Workers.STEADY)
     died(proto)
-    assert clock.getDelayedCalls()[0].getTime() - clock.seconds() == pytest.approx(0.2)
+    assert workers.timers[1].getTime() - clock.seconds() == pytest.approx(0.2)
     assert workers.restarts == 9
     # stopping: the pending restart is cancelled and nothing is started again
     workers.terminate()
@@ -614,3 +622,50 @@ async def test_a_second_sigterm_while_the_listeners_close_still_ends_the_wait(
     running.daemon.terminate()  # the second SIGTERM, in that window
     await bounded(stopping, 30)
     assert reactor.seconds() - began < 5
+
+
+def test_a_serving_worker_that_falls_silent_is_killed_and_started_again() -> None:
+    """The parent is the workers' watchdog: each says ``alive`` every BEAT
+    seconds from its event loop; one silent for SILENT seconds hangs."""
+    clock = SpawningClock()
+    workers = Workers(clock, 3, ["py"], {}, None)
+    workers.start([5])
+    first, second = (entry[0] for entry in clock.spawned)
+    for proto in (first, second):
+        proto.childDataReceived(CONTROL_FD, b"ready\n")
+    for _ in range(10):  # both alive for a while: nothing happens
+        clock.advance(BEAT)
+        for proto in (first, second):
+            proto.childDataReceived(CONTROL_FD, b"alive\n")
+    assert first.transport.signals == second.transport.signals == []
+    for _ in range(4):  # the first hangs; the second keeps saying it is alive
+        clock.advance(BEAT)
+        second.childDataReceived(CONTROL_FD, b"alive\n")
+    assert first.transport.signals == []  # silent for SILENT exactly: not yet
+    clock.advance(BEAT)
+    assert first.transport.signals == ["KILL"] and second.transport.signals == []
+    clock.advance(BEAT)
+    assert first.transport.signals == ["KILL"]  # once
+    died(first)
+    clock.advance(Workers.FIRST_DELAY)
+    assert len(clock.spawned) == 3  # started again, as after a crash
+    # a worker still starting is not judged: it has not served yet
+    clock.advance(10 * BEAT)
+    assert clock.spawned[-1][0].transport.signals == []
+    workers.terminate()
+    assert not clock.getDelayedCalls()
+
+
+def test_a_worker_says_alive_from_its_event_loop_once_it_serves() -> None:
+    clock = Clock()
+    link = ParentLink(lambda word: None, clock)
+    out = StringTransport()
+    link.makeConnection(out)
+    clock.advance(3 * BEAT)
+    assert out.value() == b""  # not before it serves
+    link.ready()
+    clock.advance(BEAT)
+    clock.advance(BEAT)
+    assert out.value() == b"ready\nalive\nalive\n"
+    link.connectionLost(Failure(ConnectionDone()))
+    assert not clock.getDelayedCalls()
