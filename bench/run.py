@@ -287,7 +287,7 @@ def _processes(out: dict[str, Any], server: Server, driven: Driven, count: int,
                per: str) -> None:
     """The server's processes and sidecars in a row: how many served, each one's
     share of the CPU, and each sidecar's CPU per ``per`` (``delivery``,
-    ``request``) and RSS; a server on Redis also gets its total with Redis's."""
+    ``request``) and RSS; the total per ``per`` adds the sidecars' to the server's."""
     out["workers"] = server.workers
     out["broker"] = "redis" if server.redis is not None else "memory"
     total = driven.cpu.total
@@ -298,9 +298,9 @@ def _processes(out: dict[str, Any], server: Server, driven: Driven, count: int,
         out[f"{name}_cpu_s"] = cpu.total
         out[f"{name}_us_per_{per}"] = cpu.total / count * 1e6
         out[f"{name}_rss_kb"] = driven.sidecar_rss.get(name, 0)
-    if driven.sidecar_cpu:
-        out[f"total_us_per_{per}"] = out[f"us_per_{per}"] + sum(
-            out[f"{name}_us_per_{per}"] for name in driven.sidecar_cpu)
+    # what the host spends: the server's processes and its broker's
+    out[f"total_us_per_{per}"] = out[f"us_per_{per}"] + sum(
+        out[f"{name}_us_per_{per}"] for name in driven.sidecar_cpu)
 
 
 def cross_node(latency_files: list[Path], conns_files: list[Path],
