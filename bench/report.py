@@ -454,8 +454,12 @@ def redis_section(results: list[dict[str, Any]], c: dict[str, Any]) -> list[str]
         f"### Fan-out: {c['fanout_subs']:,} subscribers on one channel, "
         f"{c['fanout_messages']:,} messages at {c['fanout_rate']} msg/s",
         "",
+        "*Redis µs/publish* is Redis's CPU per message published with both processes "
+        "following the channel (the publish table below has it with none following).",
+        "",
         *redis_table(results, "redis-rate", [
-            *fan, ("RSS/conn bytes", "rss_per_conn_b", ",.0f"),
+            *fan, ("Redis µs/publish", "redis_us_per_publish", ".1f"),
+            ("RSS/conn bytes", "rss_per_conn_b", ",.0f"),
             ("Redis RSS KiB", "redis_rss_kb", ",d"), ("client CPU", "client_util", ".0%")],
             "total_us_per_delivery", cross_flags),
         "",
@@ -464,6 +468,20 @@ def redis_section(results: list[dict[str, Any]], c: dict[str, Any]) -> list[str]
         "",
         *redis_table(results, "redis-max", [*fan, ("client CPU", "client_util", ".0%")],
                      "total_us_per_delivery", cross_flags),
+        "",
+        f"### Idle connections: {c['scale_conns']:,} SSE subscribers, then "
+        f"{c['trickle_messages']} messages at {c['trickle_rate']} msg/s",
+        "",
+        "RSS is summed over the server's processes (Redis's apart): what a node needs per "
+        "open connection; *vs Nchan* here is RSS per connection.",
+        "",
+        *redis_table(results, "redis-scale", [
+            ("connect all s", "connect_s", ".2f"), ("RSS/conn bytes", "rss_per_conn_b", ",.0f"),
+            ("RSS after KiB", "rss_after_kb", ",d"), ("Redis RSS KiB", "redis_rss_kb", ",d"),
+            ("total µs/delivery", "total_us_per_delivery", ".1f"),
+            ("p99 ms", "lat_p99_ms", ".1f"), ("cross-process p99 ms", "cross_p99_ms", ".1f"),
+            ("subscribers per process", "subs_by_process", "")],
+            "rss_per_conn_b", cross_flags),
         "",
         f"### Publish through Redis: `POST` of 100 bytes to {c['publish_channels']:,} "
         f"channels in turn, no subscribers, {c['publish_conns']} keep-alive connections with "

@@ -274,6 +274,10 @@ def measure(
         ok=done["bad_subscribers"] == 0 and done["delivered"] == done["expected"],
     )
     _processes(out, server, driven, delivered, "delivery")
+    if "redis_cpu_s" in out:
+        # Redis's work grows with publishes and the nodes that follow the channel,
+        # not with subscribers: per publish is the figure that scales
+        out["redis_us_per_publish"] = out["redis_cpu_s"] / max(1, done["messages"]) * 1e6
     if spec.get("by_connection"):
         out.update(cross_node(
             [server.dir / f"latency-{i}.bin" for i in range(clients)],
@@ -586,9 +590,16 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
                     by_connection=True)
         for name in pair:
             for t in REDIS_TRANSPORTS:
+                    # publishes through Redis wait for its answer: more time than fanout-max
                 run("redis-max", name, t, setup=two[name], channels=[channel("y")],
                     subs_per_channel=c.fanout_subs, messages=c.fanout_messages,
-                    rate=0, timeout=120, by_connection=True)
+                    rate=0, timeout=300, by_connection=True)
+        # memory per idle connection on two processes (the 1M-connection estimate)
+        for name in pair:
+            run("redis-scale", name, "sse", setup=two[name], channels=[channel("w")],
+                subs_per_channel=c.scale_conns, messages=c.trickle_messages,
+                rate=c.trickle_rate, timeout=c.trickle_messages / c.trickle_rate + 60,
+                by_connection=True)
         for name in pair:
             chans = [channel(f"z{i}-") for i in range(c.publish_channels)]
             run_requests("redis-publish", name, "publish", setup=two[name], mode="publish",

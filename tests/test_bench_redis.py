@@ -204,7 +204,7 @@ def test_the_report_has_redis_apart_and_pushds_total_against_nchans(tmp_path: Pa
     results = [
         fan("pushd", us_per_delivery=9.0, redis_us_per_delivery=1.5, total_us_per_delivery=10.5,
             cpu_shares=[0.6, 0.4], cross_p99_ms=12.0, same_p99_ms=8.0, cross_samples=900,
-            subs_by_process=[450, 550], redis_rss_kb=9000),
+            subs_by_process=[450, 550], redis_rss_kb=9000, redis_us_per_publish=1500.0),
         fan("nchan", us_per_delivery=7.0, total_us_per_delivery=7.0,
             cpu_shares=[0.55, 0.45, 0.001], cross_p99_ms=None, same_p99_ms=4.0,
             cross_samples=0, subs_by_process=[1000]),
@@ -219,9 +219,11 @@ def test_the_report_has_redis_apart_and_pushds_total_against_nchans(tmp_path: Pa
     text = report(tmp_path, results)
     section = text[text.index("## Two processes per server"):]
     pushd = cells(section, "| pushd | sse |")
-    # CPU, Redis's, total, shares, deliveries/s, p50, p99, cross, same, split, RSS, Redis RSS
-    assert pushd[2:14] == ["9.0", "1.5", "10.5", "60% / 40%", "50,000", "2.0", "9.0", "12.0",
-                           "8.0", "450 + 550", "3,000", "9,000"]
+    # CPU, Redis's, total, shares, deliveries/s, p50, p99, cross, same, split, Redis's per
+    # publish, RSS, Redis RSS
+    # and Redis's CPU per publish
+    assert pushd[2:15] == ["9.0", "1.5", "10.5", "60% / 40%", "50,000", "2.0", "9.0", "12.0",
+                           "8.0", "450 + 550", "1500.0", "3,000", "9,000"]
     assert pushd[-2] == "1.50×"  # 10.5 with Redis's CPU, over Nchan's 7.0
     nchan = cells(section, "| nchan | sse |")
     assert nchan[3] == "—" and nchan[5] == "55% / 45%"  # no Redis; the master left out
