@@ -372,6 +372,12 @@ def plan(spec: dict[str, Any]) -> tuple[list[str], list[str], dict[str, list[int
     return subs, targets, expected
 
 
+def local_address(transport: asyncio.BaseTransport | None) -> list[Any]:
+    """``[ip, port]`` of this end of a connection (the server sees it as the peer)."""
+    name = transport.get_extra_info("sockname") if transport is not None else None
+    return [name[0], name[1]] if name else ["", 0]
+
+
 def cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -669,7 +675,14 @@ async def main(spec: dict[str, Any]) -> None:
     cpu = cpu_s() - c_start
     user = user_s() - u_start
     gc.enable()
-    pings = sum(s.analyse() for s in subs if s.raw)
+    pings = 0
+    by_connection = []  # (local address, latency samples it added), in sample order
+    for s in subs:
+        before = len(STATS.latency)
+        if s.raw:
+            pings += s.analyse()
+        if spec.get("conns_file"):
+            by_connection.append([*local_address(s.transport), len(STATS.latency) - before])
     if pings:
         STATS.errors.append(f"{pings} unanswered WebSocket pings")
     pub = await pub_task if pub_task is not None and pub_task.done() else None
@@ -678,6 +691,11 @@ async def main(spec: dict[str, Any]) -> None:
     if spec.get("latency_file"):
         with open(spec["latency_file"], "wb") as f:
             STATS.latency.tofile(f)
+    if spec.get("conns_file"):
+        # which samples came on which connection: the parent learns from /proc
+        # which server process holds each one (cross-node latency)
+        with open(spec["conns_file"], "w") as f:
+            json.dump(by_connection, f)
     delivered = sum(s.checker.index - s.checker.gaps for s in subs)
     bad = [s for s in subs if not s.checker.ok]
     lat = sorted(STATS.latency)
@@ -695,6 +713,7 @@ async def main(spec: dict[str, Any]) -> None:
         "out_of_order": sum(s.checker.out_of_order for s in subs),
         "missing": sum(s.checker.missing() for s in subs),
         "published": pub.answered if pub else None,
+        "publisher_addr": local_address(pub.transport) if pub else None,
         "publish_failed": pub.failed if pub else None,
         "wall_s": wall,
         "start_us": start_us,

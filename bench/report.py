@@ -357,6 +357,148 @@ def request_section(results: list[dict[str, Any]], c: dict[str, Any]) -> list[st
     ]
 
 
+# -- two processes per server, pushd on Redis (issue 19, point 5) ------------------
+
+def opt(r: dict[str, Any], key: str, fmt: str) -> str:
+    """A figure a row may not have (Nchan has no Redis; no subscriber crossed): "—"."""
+    v = r.get(key)
+    return "—" if v is None else format(v, fmt)
+
+
+def processes_cell(r: dict[str, Any]) -> str:
+    """Subscribers per server process, the publisher's first: ``412 + 588``."""
+    subs = r.get("subs_by_process") or []
+    return " + ".join(str(n) for n in subs) if subs else "—"
+
+
+def shares_cell(r: dict[str, Any]) -> str:
+    """Each serving process's share of the server's CPU, the busiest first.
+
+    nginx's master (no share to speak of) is left out.
+    """
+    shares = [v for v in r.get("cpu_shares", []) if v >= 0.005]
+    return " / ".join(f"{v:.0%}" for v in shares) if shares else "—"
+
+
+def cross_flags(r: dict[str, Any]) -> str:
+    out = [flags(r)] if flags(r) else []
+    if r.get("subs_unplaced"):
+        out.append(f"{r['subs_unplaced']} subscribers not found in /proc")
+    if "cross_samples" in r and not r["cross_samples"]:
+        out.append("⚠ no subscriber on another process than the publisher's")
+    return "; ".join(out)
+
+
+def redis_table(results: list[dict[str, Any]], scenario: str, cols: list[tuple[str, str, str]],
+                ratio_key: str, flagger: Any) -> list[str]:
+    """A row per server and transport of a redis scenario: ``cols`` (title, key,
+    format; a key may be missing from a row, e.g. Redis's CPU on Nchan's), and the
+    ratio of ``ratio_key`` (pushd's total with Redis's; Nchan's total is its own) to
+    Nchan's in the same run."""
+    rows = [r for r in results if r.get("scenario") == scenario]
+    if not rows:
+        return []
+    lines = ["| server | transport | " + " | ".join(c[0] for c in cols) + " | vs Nchan | notes |",
+             "|---|---|" + "---|" * len(cols) + "---|---|"]
+    for r in rows:
+        first = f"| {r['server']} | {r['transport']} | "
+        if r.get("na") or "error" in r:
+            why = "not served" if r.get("na") else f"error: {escape(r['error'][:80])}"
+            lines.append(first + " | ".join("—" for _ in range(len(cols) + 1)) + f" | {why} |")
+            continue
+        vals = [processes_cell(r) if key == "subs_by_process" else
+                shares_cell(r) if key == "cpu_shares" else opt(r, key, fmt)
+                for _, key, fmt in cols]
+        nchan_r = _find(results, scenario, "nchan", r["transport"])
+        vals.append("1.00×" if r["server"] == "nchan" else ratio(r, nchan_r, ratio_key))
+        lines.append(first + " | ".join(vals) + f" | {flagger(r)} |")
+    return lines
+
+
+def redis_section(results: list[dict[str, Any]], c: dict[str, Any]) -> list[str]:
+    """The redis scenario: two processes per server, pushd's on Redis, Nchan's on
+    shared memory; what a delivery and a publish cost, Redis's share apart, and
+    the latency of the deliveries that crossed from one process to the other."""
+    if not any(str(r.get("scenario", "")).startswith("redis-") for r in results):
+        return []
+    fan = [
+        ("pushd / nginx CPU µs/delivery", "us_per_delivery", ".1f"),
+        ("Redis µs/delivery", "redis_us_per_delivery", ".1f"),
+        ("total µs/delivery", "total_us_per_delivery", ".1f"),
+        ("CPU per process", "cpu_shares", ""),
+        ("deliveries/s", "deliveries_per_s", ",.0f"),
+        ("p50 ms", "lat_p50_ms", ".1f"), ("p99 ms", "lat_p99_ms", ".1f"),
+        ("cross-process p99 ms", "cross_p99_ms", ".1f"),
+        ("same-process p99 ms", "same_p99_ms", ".1f"),
+        ("subscribers per process", "subs_by_process", ""),
+    ]
+    return [
+        "## Two processes per server: pushd `workers = 2` on Redis, Nchan with 2 workers "
+        "(issue 19)",
+        "",
+        "pushd runs with `workers = 2` and `broker = \"redis://…\"` on a redis-server the "
+        "bench starts for each run on a free port (no persistence); Nchan with "
+        "`worker_processes 2` on its shared-memory store, a listening socket per worker "
+        "(`reuseport`) so that the kernel spreads the connections over both, as it does over "
+        "pushd's processes sharing one socket. CPU is summed over every process of the "
+        "server (pushd's parent and worker; nginx's master and workers); Redis's CPU is "
+        "measured apart, from its own `/proc/PID/stat`, and *total* adds it. *CPU per "
+        "process* is each process's share of the server's CPU. The publisher's connection "
+        "lands on one process; from `/proc` (which process holds which client's socket) the "
+        "bench knows where each subscriber is: a delivery to a subscriber of the other "
+        "process crossed processes (pushd: through Redis pub/sub; the publisher's own "
+        "process delivers from the publish's answer), and *cross-process p99* is over those "
+        "deliveries alone. *Subscribers per process* counts the publisher's process first. "
+        "*vs Nchan* is pushd's total, Redis included, over Nchan's.",
+        "",
+        f"### Fan-out: {c['fanout_subs']:,} subscribers on one channel, "
+        f"{c['fanout_messages']:,} messages at {c['fanout_rate']} msg/s",
+        "",
+        "*Redis µs/publish* is Redis's CPU per message published with both processes "
+        "following the channel (the publish table below has it with none following).",
+        "",
+        *redis_table(results, "redis-rate", [
+            *fan, ("Redis µs/publish", "redis_us_per_publish", ".1f"),
+            ("RSS/conn bytes", "rss_per_conn_b", ",.0f"),
+            ("Redis RSS KiB", "redis_rss_kb", ",d"), ("client CPU", "client_util", ".0%")],
+            "total_us_per_delivery", cross_flags),
+        "",
+        f"### Fan-out at full speed: {c['fanout_subs']:,} subscribers, "
+        f"{c['fanout_messages']:,} messages, 4 pipelined POSTs",
+        "",
+        *redis_table(results, "redis-max", [*fan, ("client CPU", "client_util", ".0%")],
+                     "total_us_per_delivery", cross_flags),
+        "",
+        f"### Idle connections: {c['scale_conns']:,} SSE subscribers, then "
+        f"{c['trickle_messages']} messages at {c['trickle_rate']} msg/s",
+        "",
+        "RSS is summed over the server's processes (Redis's apart): what a node needs per "
+        "open connection; *vs Nchan* here is RSS per connection.",
+        "",
+        *redis_table(results, "redis-scale", [
+            ("connect all s", "connect_s", ".2f"), ("RSS/conn bytes", "rss_per_conn_b", ",.0f"),
+            ("RSS after KiB", "rss_after_kb", ",d"), ("Redis RSS KiB", "redis_rss_kb", ",d"),
+            ("total µs/delivery", "total_us_per_delivery", ".1f"),
+            ("p99 ms", "lat_p99_ms", ".1f"), ("cross-process p99 ms", "cross_p99_ms", ".1f"),
+            ("subscribers per process", "subs_by_process", "")],
+            "rss_per_conn_b", cross_flags),
+        "",
+        f"### Publish through Redis: `POST` of 100 bytes to {c['publish_channels']:,} "
+        f"channels in turn, no subscribers, {c['publish_conns']} keep-alive connections with "
+        f"one request in flight on each, {c['publish_messages']:,} publishes",
+        "",
+        *redis_table(results, "redis-publish", [
+            ("pushd / nginx CPU µs/publish", "us_per_request", ".1f"),
+            ("Redis µs/publish", "redis_us_per_request", ".1f"),
+            ("total µs/publish", "total_us_per_request", ".1f"),
+            ("CPU per process", "cpu_shares", ""),
+            ("publishes/s", "requests_per_s", ",.0f"),
+            ("p50 ms", "lat_p50_ms", ".2f"), ("p99 ms", "lat_p99_ms", ".1f"),
+            ("client CPU", "client_util", ".0%")], "total_us_per_request", request_flags),
+        "",
+    ]
+
+
 def table(results: list[dict[str, Any]], scenario: str, cols: list[tuple[str, str, str]]
           ) -> list[str]:
     rows = [r for r in results if r.get("scenario") == scenario]
@@ -578,6 +720,7 @@ def write_report(out: Path, name: str, meta: dict[str, Any],
         "",
     ]
     md += request_section(results, c)
+    md += redis_section(results, c)
     path = out / f"{name}.md"
     path.write_text("\n".join(md))
     return path

@@ -86,7 +86,9 @@ QUICK = Counts(
     poll_clients=200, poll_every=1.0, poll_rate=0.5, poll_messages=4,
     connects=1000, connect_concurrency=50,
 )
-SCENARIOS = "fanout,scale,cost,channels,publish,longpoll,polling,connect"
+SCENARIOS = "fanout,scale,cost,channels,publish,longpoll,polling,connect,redis"
+REDIS_WORKERS = 2  # processes per server in the redis scenario
+REDIS_TRANSPORTS = ("sse", "ws")
 
 
 def log(msg: str) -> None:
@@ -111,15 +113,32 @@ def _readline(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     raise RuntimeError("load generator gave no answer")
 
 
-def _drive(server: Server, spec: dict[str, Any], clients: int, settle: float = 0.0
-           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], procstat.Cpu, int, int]:
+@dataclass
+class Driven:
+    """What one run of the load generators measured on the server's side."""
+
+    readies: list[dict[str, Any]]
+    dones: list[dict[str, Any]]
+    cpu: procstat.Cpu  # the server's whole process tree
+    rss0: int  # KiB, before the subscribers connected
+    rss1: int  # KiB, once they had
+    # the sidecars' (redis-server's) CPU over the same window, and RSS after
+    sidecar_cpu: dict[str, procstat.Cpu]
+    sidecar_rss: dict[str, int]
+    cpu_each: dict[int, procstat.Cpu]  # per server process, over the same window
+    peers: dict[procstat.Address, int]  # client address -> server pid holding it
+
+
+def _drive(server: Server, spec: dict[str, Any], clients: int, settle: float = 0.0) -> Driven:
     """Start ``clients`` load generators on ``spec``, wait until all are ready, say go.
 
     Returns their ``ready`` and ``done`` lines, the server's CPU between go
-    and ``settle`` seconds after the last ``done``, and its RSS before and
-    after they got ready.
+    and ``settle`` seconds after the last ``done`` (and its sidecars' apart),
+    its RSS before and after they got ready, and which server process held
+    each connection (read from /proc while they are all still open).
     """
     rss0 = procstat.rss_kb(server.pid)
+    sidecars = server.sidecars
     procs = []
     try:
         for shard in range(clients):
@@ -129,6 +148,8 @@ def _drive(server: Server, spec: dict[str, Any], clients: int, settle: float = 0
                 **spec,
                 "shard": [shard, clients],
                 "latency_file": str(server.dir / f"latency-{shard}.bin"),
+                **({"conns_file": str(server.dir / f"conns-{shard}.json")}
+                   if spec.get("by_connection") else {}),
             }))
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.client", "@" + str(spec_file)],
@@ -140,14 +161,18 @@ def _drive(server: Server, spec: dict[str, Any], clients: int, settle: float = 0
                 raise RuntimeError(f"load generator: {ready}")
         time.sleep(0.3)  # let the server settle after the connection burst
         rss1 = procstat.rss_kb(server.pid)
-        cpu0 = procstat.cpu(server.pid)
+        each0 = procstat.cpu_each(server.pid)
+        side0 = {name: procstat.cpu(pid) for name, pid in sidecars.items()}
         for proc in reversed(procs):  # the publisher (shard 0) last
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
         dones = [_readline(proc, spec["timeout"] + 60) for proc in procs]
         time.sleep(settle)
-        cpu1 = procstat.cpu(server.pid)
+        each1 = procstat.cpu_each(server.pid)
+        side1 = {name: procstat.cpu(pid) for name, pid in sidecars.items()}
+        peers = procstat.peers(server.pid) if spec.get("by_connection") else {}
+        side_rss = {name: procstat.rss_kb(pid) for name, pid in sidecars.items()}
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("quit\n")
@@ -159,7 +184,21 @@ def _drive(server: Server, spec: dict[str, Any], clients: int, settle: float = 0
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return readies, dones, cpu1 - cpu0, rss0, rss1
+    # a process that was there at the end but not at the start (a restarted
+    # worker) counts from zero
+    zero = procstat.Cpu(0.0, 0.0)
+    each = {p: c - each0.get(p, zero) for p, c in each1.items()}
+    return Driven(
+        readies, dones, sum_cpu(each.values()), rss0, rss1,
+        {name: side1[name] - side0[name] for name in sidecars}, side_rss, each, peers,
+    )
+
+
+def sum_cpu(cpus: Any) -> procstat.Cpu:
+    total = procstat.Cpu(0.0, 0.0)
+    for c in cpus:
+        total = total + c
+    return total
 
 
 def _spec(server: Server, transport: str, **kw: Any) -> dict[str, Any]:
@@ -190,17 +229,25 @@ def measure(
     poll_interval: float = 1.0,
     pipeline: int = 4,
     clients: int | None = None,
+    by_connection: bool = False,
 ) -> dict[str, Any]:
-    """One load-generator run against a started server; the numbers of both sides."""
+    """One load-generator run against a started server; the numbers of both sides.
+
+    ``by_connection`` (streaming transports only): also split the latency by
+    whether each subscriber's server process is the publisher's
+    (:func:`cross_node`).
+    """
     spec = _spec(
         server, transport, channels=channels, subs_per_channel=subs_per_channel,
         messages=messages, rate=rate, pipeline=pipeline, timeout=timeout,
-        poll_interval=poll_interval, connect_concurrency=100,
+        poll_interval=poll_interval, connect_concurrency=100, by_connection=by_connection,
     )
     n = len(channels) * subs_per_channel
     if clients is None:
         clients = 2 if n >= 1000 else 1
-    readies, dones, cpu, rss0, rss1 = _drive(server, spec, clients)
+    driven = _drive(server, spec, clients)
+    readies, dones, cpu, rss0, rss1 = (driven.readies, driven.dones, driven.cpu, driven.rss0,
+                                       driven.rss1)
     done = merge(dones, [server.dir / f"latency-{i}.bin" for i in range(clients)])
     ready = {"connect_s": max(r["connect_s"] for r in readies)}
     delivered = max(1, done["delivered"])
@@ -226,7 +273,87 @@ def measure(
         client_saturated=done["client_util"] > CLIENT_SATURATED,
         ok=done["bad_subscribers"] == 0 and done["delivered"] == done["expected"],
     )
+    _processes(out, server, driven, delivered, "delivery")
+    if "redis_cpu_s" in out:
+        # Redis's work grows with publishes and the nodes that follow the channel,
+        # not with subscribers: per publish is the figure that scales
+        out["redis_us_per_publish"] = out["redis_cpu_s"] / max(1, done["messages"]) * 1e6
+    if spec.get("by_connection"):
+        out.update(cross_node(
+            [server.dir / f"latency-{i}.bin" for i in range(clients)],
+            [server.dir / f"conns-{i}.json" for i in range(clients)],
+            driven.peers, done.get("publisher_addr"),
+        ))
     return out
+
+
+def _processes(out: dict[str, Any], server: Server, driven: Driven, count: int,
+               per: str) -> None:
+    """The server's processes and sidecars in a row: how many served, each one's
+    share of the CPU, and each sidecar's CPU per ``per`` (``delivery``,
+    ``request``) and RSS; the total per ``per`` adds the sidecars' to the server's."""
+    out["workers"] = server.workers
+    out["broker"] = "redis" if server.redis is not None else "memory"
+    total = driven.cpu.total
+    # the busiest first: how evenly the work was spread over the processes
+    out["cpu_shares"] = sorted((c.total / total if total else 0.0
+                                for c in driven.cpu_each.values()), reverse=True)
+    for name, cpu in driven.sidecar_cpu.items():
+        out[f"{name}_cpu_s"] = cpu.total
+        out[f"{name}_us_per_{per}"] = cpu.total / count * 1e6
+        out[f"{name}_rss_kb"] = driven.sidecar_rss.get(name, 0)
+    # what the host spends: the server's processes and its broker's
+    out[f"total_us_per_{per}"] = out[f"us_per_{per}"] + sum(
+        out[f"{name}_us_per_{per}"] for name in driven.sidecar_cpu)
+
+
+def cross_node(latency_files: list[Path], conns_files: list[Path],
+               peers: dict[procstat.Address, int], publisher: list[Any] | None
+               ) -> dict[str, Any]:
+    """Latency split by whether the subscriber's server process is the publisher's.
+
+    Each load generator wrote its latency samples subscriber after
+    subscriber, and in ``conns_files`` each subscriber's local address and
+    how many samples it added, in the same order; ``peers`` (from /proc)
+    says which server process holds each address. A sample is *cross-node*
+    when its subscriber is held by another process than the publisher's
+    connection: the message went from one process to the other through the
+    broker (Redis pub/sub for pushd, shared memory for Nchan).
+    """
+    pub_pid = peers.get((publisher[0], publisher[1])) if publisher else None
+    same, cross = array("q"), array("q")
+    subs: dict[int, int] = {}
+    unknown = 0
+    for lat_file, conns_file in zip(latency_files, conns_files, strict=True):
+        if not conns_file.exists():
+            continue
+        lat = array("q")
+        if lat_file.exists():
+            lat.frombytes(lat_file.read_bytes())
+        at = 0
+        for ip, port, n in json.loads(conns_file.read_text()):
+            pid = peers.get((ip, port))
+            samples = lat[at : at + n]
+            at += n
+            if pid is None or pub_pid is None:
+                unknown += 1
+                continue
+            subs[pid] = subs.get(pid, 0) + 1
+            (same if pid == pub_pid else cross).extend(samples)
+    placed = sum(subs.values())
+    same_s, cross_s = sorted(same), sorted(cross)
+    others = sorted((n for p, n in subs.items() if p != pub_pid), reverse=True)
+    return {
+        # subscribers on the publisher's process first, then the others, busiest first
+        "subs_by_process": [subs.get(pub_pid, 0), *others] if placed else [],
+        "cross_share": (placed - subs.get(pub_pid, 0)) / placed if placed else 0.0,
+        "subs_unplaced": unknown,
+        "cross_samples": len(cross_s),
+        "same_p99_ms": percentile(same_s, 99) / 1000 if same_s else None,
+        "cross_p50_ms": percentile(cross_s, 50) / 1000 if cross_s else None,
+        "cross_p99_ms": percentile(cross_s, 99) / 1000 if cross_s else None,
+        "cross_max_ms": cross_s[-1] / 1000 if cross_s else None,
+    }
 
 
 def measure_requests(
@@ -245,7 +372,8 @@ def measure_requests(
     )
     # a connect run's last connections are still being closed on the server
     # side when the client is done: their teardown belongs to the figure
-    _, dones, cpu, _, _ = _drive(server, spec, clients, 0.5 if mode == "connect" else 0.0)
+    driven = _drive(server, spec, clients, 0.5 if mode == "connect" else 0.0)
+    dones, cpu = driven.dones, driven.cpu
     done = merge_requests(dones, [server.dir / f"latency-{i}.bin" for i in range(clients)])
     count = done["published"] if mode == "publish" else done["connected"]
     failed = done["publish_failed"] if mode == "publish" else done["connect_failed"]
@@ -263,6 +391,7 @@ def measure_requests(
         client_saturated=done["client_util"] > CLIENT_SATURATED,
         ok=failed == 0 and count == done["expected"],
     )
+    _processes(out, server, driven, n, "request")
     return out
 
 
@@ -345,15 +474,17 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
 
     def attempt(
         scenario: str, name: str, transport: str, served: bool,
-        how: Callable[..., dict[str, Any]], unit: str, **kw: Any,
+        how: Callable[..., dict[str, Any]], unit: str, setup: dict[str, Any] | None = None,
+        **kw: Any,
     ) -> None:
-        """Measure one row on a fresh server, or note why it has no figures."""
+        """Measure one row on a fresh server (built with ``setup``), or note why
+        it has no figures."""
         if not served:
             results.append({"scenario": scenario, "server": name, "transport": transport,
                             "na": True})
             return
         log(f"{scenario}: {name} {transport}")
-        server = fresh(name)
+        server = fresh(name, **(setup or {}))
         try:
             r = how(server, transport, **kw)
         except Exception as e:
@@ -365,8 +496,14 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
         results.append(r)
         if "error" not in r:
             per = "delivery" if unit == "deliveries" else "request"
+            extra = ""
+            if f"redis_us_per_{per}" in r:
+                extra += f" + redis {r[f'redis_us_per_{per}']:.1f}"
+            if r.get("cross_p99_ms") is not None:
+                extra += (f", cross-node p99 {r['cross_p99_ms']:.1f} ms"
+                          f" (subscribers {r['subs_by_process']})")
             log(
-                f"  {r[f'us_per_{per}']:.1f} us/{per}, {r[f'{unit}_per_s']:.0f}/s, "
+                f"  {r[f'us_per_{per}']:.1f} us/{per}{extra}, {r[f'{unit}_per_s']:.0f}/s, "
                 f"p99 {r['lat_p99_ms']:.1f} ms, ok={r['ok']}, client {r['client_util']:.0%}"
             )
 
@@ -437,6 +574,37 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
             run("polling", name, "poll", channels=[channel("i")],
                 subs_per_channel=c.poll_clients, messages=c.poll_messages, rate=c.poll_rate,
                 timeout=c.poll_messages / c.poll_rate + 30, poll_interval=c.poll_every)
+    if "redis" in only:
+        # Two processes per server on one host: pushd workers = 2 on a redis-server
+        # of its own, Nchan with worker_processes 2 (its workers share memory).
+        # The fan-out's subscribers land on both processes (the kernel spreads
+        # them), the publisher's connection on one: the rest cross processes.
+        two = {"pushd": {"workers": REDIS_WORKERS, "redis": True},
+               "nchan": {"workers": REDIS_WORKERS}}
+        pair = [name for name in servers if name in two]
+        for name in pair:
+            for t in REDIS_TRANSPORTS:
+                run("redis-rate", name, t, setup=two[name], channels=[channel("x")],
+                    subs_per_channel=c.fanout_subs, messages=c.fanout_messages,
+                    rate=c.fanout_rate, timeout=c.fanout_messages / c.fanout_rate + 30,
+                    by_connection=True)
+        for name in pair:
+            for t in REDIS_TRANSPORTS:
+                    # publishes through Redis wait for its answer: more time than fanout-max
+                run("redis-max", name, t, setup=two[name], channels=[channel("y")],
+                    subs_per_channel=c.fanout_subs, messages=c.fanout_messages,
+                    rate=0, timeout=300, by_connection=True)
+        # memory per idle connection on two processes (the 1M-connection estimate)
+        for name in pair:
+            run("redis-scale", name, "sse", setup=two[name], channels=[channel("w")],
+                subs_per_channel=c.scale_conns, messages=c.trickle_messages,
+                rate=c.trickle_rate, timeout=c.trickle_messages / c.trickle_rate + 60,
+                by_connection=True)
+        for name in pair:
+            chans = [channel(f"z{i}-") for i in range(c.publish_channels)]
+            run_requests("redis-publish", name, "publish", setup=two[name], mode="publish",
+                         channels=chans, requests=c.publish_messages,
+                         publishers=c.publish_conns, timeout=300)
     if "connect" in only:
         for t in ("sse", "ws"):
             for name in servers:
@@ -446,14 +614,19 @@ def scenarios(counts: Counts, servers: list[str], only: set[str]) -> list[dict[s
     return results
 
 
-def ensure_deps(servers: list[str]) -> list[str]:
-    """Install what is missing (apt packages when root, then npm packages); usable servers."""
+def ensure_deps(servers: list[str], redis: bool = False) -> list[str]:
+    """Install what is missing (apt packages when root, then npm packages); usable servers.
+
+    ``redis``: the redis scenario runs, so redis-server is needed too.
+    """
     node_dir = ROOT / "bench" / "node"
     packages = []
     if "node" in servers and not (shutil.which("node") and shutil.which("npm")):
         packages += ["nodejs", "npm"]
     if "nchan" in servers and available("nchan"):
         packages += ["nginx-light", "libnginx-mod-nchan"]
+    if redis and available("redis"):
+        packages += ["redis-server"]
     if packages and os.geteuid() == 0 and shutil.which("apt-get"):
         log("apt-get install " + " ".join(packages))
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -491,8 +664,11 @@ def main(argv: list[str] | None = None) -> int:
             setattr(counts, f, v)
     if args.pushd_src:
         SERVERS["pushd"].source = str(Path(args.pushd_src).resolve())
-    servers = ensure_deps([s for s in args.servers.split(",") if s])
     only = set(args.scenarios.split(","))
+    servers = ensure_deps([s for s in args.servers.split(",") if s], "redis" in only)
+    if "redis" in only and available("redis"):
+        log(f"skipping the redis scenario: {available('redis')}")
+        only.discard("redis")
     started = time.time()
     results = scenarios(counts, servers, only)
     stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")

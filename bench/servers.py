@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.procstat import tree
+
 ROOT = Path(__file__).resolve().parent.parent
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 
@@ -45,6 +47,67 @@ def _http_ok(port: int, path: str) -> bool:
         return False
 
 
+class Redis:
+    """A redis-server of the bench's own on a free port, for one measurement.
+
+    No persistence (``--save ""``, no AOF): the figures are the broker's
+    work, not the disk's. Its output goes to ``redis.log`` in the server's
+    directory, so a failed start shows in the server's log tail.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        log = open(self.dir / "redis.log", "wb")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.dir)],
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_raise_nofile,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited: "
+                                   + (self.dir / "redis.log").read_text(errors="replace")[-800:])
+            if _redis_pong(self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def _redis_pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 class Server:
     name = "?"
     health = "/healthz"
@@ -56,6 +119,19 @@ class Server:
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        #: processes that serve clients (pushd's parent and workers, nginx's workers)
+        self.workers = 1
+        #: the redis-server this server runs on, started and stopped with it
+        self.redis: Redis | None = None
+
+    @property
+    def sidecars(self) -> dict[str, int]:
+        """Processes outside the server's own tree whose CPU is measured apart."""
+        return {"redis": self.redis.pid} if self.redis is not None and self.redis.proc else {}
+
+    def all_serving(self) -> bool:
+        """Every one of ``workers`` processes serves (after /healthz answered)."""
+        return True
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -69,6 +145,8 @@ class Server:
         return self.proc.pid
 
     def start(self) -> None:
+        if self.redis is not None:
+            self.redis.start()
         log = open(self.dir / "stdout.log", "wb")
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
@@ -78,11 +156,12 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log_tail()}")
-            if _http_ok(self.port, self.health):
+            if _http_ok(self.port, self.health) and self.all_serving():
                 return
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.name} did not answer {self.health}: {self.log_tail()}")
+        raise RuntimeError(f"{self.name} did not answer {self.health}"
+                           f"{' on every worker' if self.workers > 1 else ''}: {self.log_tail()}")
 
     def log_tail(self) -> str:
         text = ""
@@ -99,6 +178,8 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self.redis is not None:
+            self.redis.stop()
 
     def cleanup(self) -> None:
         self.stop()
@@ -120,10 +201,21 @@ class Pushd(Server):
     #: checkout's (e.g. ``git archive`` of a commit, for before/after runs)
     source: str | None = None
 
-    def __init__(self, python: str | None = None, label: str = "pushd") -> None:
+    def __init__(self, python: str | None = None, label: str = "pushd", workers: int = 1,
+                 redis: bool = False) -> None:
+        """``redis``: on a redis-server of its own (``broker = "redis://..."``);
+        ``workers``: that many processes sharing the listener (needs ``redis``)."""
         self.name = label
         super().__init__()
         self.python = python or sys.executable
+        self.workers = workers
+        if redis:
+            self.redis = Redis(self.dir)
+
+    def all_serving(self) -> bool:
+        # the parent says so once every worker has told it that it serves
+        return self.workers == 1 or (
+            f"({self.workers} workers)" in (self.dir / "pushd.log").read_text(errors="replace"))
 
     def env(self) -> dict[str, str] | None:
         if not self.source:
@@ -132,8 +224,14 @@ class Pushd(Server):
 
     def command(self) -> list[str]:
         cfg = self.dir / "pushd.toml"
+        top = ""
+        if self.redis is not None:
+            top += f'broker = "{self.redis.url}"\n'
+        if self.workers > 1:
+            top += f"workers = {self.workers}\n"
         cfg.write_text(
-            "source = []\n"
+            top
+            + "source = []\n"
             "[history]\nsize = 1000\n"
             "[stream]\nmax_bytes = 1073741824\n"
             "[web]\ndemo = false\n"
@@ -162,12 +260,23 @@ class Nchan(Server):
                  "one_per_answer": True},
     }
 
+    def __init__(self, workers: int = 1) -> None:
+        super().__init__()
+        self.workers = workers
+
+    def all_serving(self) -> bool:
+        return len(tree(self.pid)) > self.workers  # the master and its workers
+
     def command(self) -> list[str]:
         d = self.dir
         user = "user root;\n" if os.geteuid() == 0 else ""
+        # With one shared listening socket one idle worker takes every new
+        # connection (EPOLLEXCLUSIVE, multi_accept): a socket per worker lets the
+        # kernel spread them, as pushd's workers spread theirs.
+        reuseport = " reuseport" if self.workers > 1 else ""
         (d / "nginx.conf").write_text(f"""
 load_module {NCHAN_MODULE};
-{user}worker_processes 1;
+{user}worker_processes {self.workers};
 worker_rlimit_nofile 19000;
 daemon off;
 master_process on;
@@ -185,7 +294,7 @@ http {{
   scgi_temp_path {d}/scgi;
   nchan_max_reserved_memory 256M;
   server {{
-    listen 127.0.0.1:{self.port} backlog=4096;
+    listen 127.0.0.1:{self.port} backlog=4096{reuseport};
     location = /healthz {{ return 200 "ok"; }}
     location = /pub {{
       nchan_publisher;
@@ -256,6 +365,9 @@ def available(name: str) -> str | None:
     if name == "nchan":
         if shutil.which("nginx") is None or not os.path.exists(NCHAN_MODULE):
             return "nginx-light + libnginx-mod-nchan not installed"
+    if name == "redis":
+        if shutil.which("redis-server") is None and not os.path.exists("/usr/bin/redis-server"):
+            return "redis-server not installed"
     if name == "node":
         if shutil.which("node") is None:
             return "node not installed"
