@@ -62,12 +62,13 @@ local function expire(sk)
 end
 
 -- The first publish with idempotency key `key` on a channel, as epoch, seq and
--- time, if it is within the ttl and in the channel's current epoch (a record
+-- time, if it is within the ttl (kept as long as its message would be, by
+-- expire's rule) and in the channel's current epoch (a record
 -- from before the channel lost its data, or was taken over, is no answer).
 -- Expired keys are dropped first, oldest first, a bounded number at a time.
 local function recall(kh, kz, key, epoch)
   local cutoff = now - ttl
-  local old = redis.call('ZRANGEBYSCORE', kz, '-inf', cutoff, 'LIMIT', 0, 128)
+  local old = redis.call('ZRANGEBYSCORE', kz, '-inf', '(' .. cutoff, 'LIMIT', 0, 128)
   if #old > 0 then
     redis.call('ZREM', kz, unpack(old))
     redis.call('HDEL', kh, unpack(old))
@@ -77,7 +78,7 @@ local function recall(kh, kz, key, epoch)
     return false
   end
   local e, s, t = string.match(rec, '^([^\n]*)\n(%d+)\n(%d+)$')
-  if e ~= epoch or tonumber(t) <= cutoff then
+  if e ~= epoch or tonumber(t) < cutoff then
     return false
   end
   return s, t

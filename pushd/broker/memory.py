@@ -98,13 +98,14 @@ class _Channel:
 
 
 class _Keys:
-    """Idempotency keys: per channel, key -> (the first publish's id, when it expires).
+    """Idempotency keys: per channel, key -> (the first publish's id and time).
 
-    ``order`` holds ``(expires, channel, key)`` in the order keys were
-    recorded, which is the order they expire in (one TTL for all) and the
-    order they are forgotten past ``limit``. An entry whose key went another
-    way (its channel deleted) is skipped when met; when such entries make
-    ``order`` twice the limit it is rebuilt, so every byte stays bounded.
+    A key lives exactly as long as its message could: until its time (ms) is
+    older than the TTL, by the same rule as history. ``order`` holds ``(time,
+    channel, key)`` in the order keys were recorded, which is the order they
+    expire in and are forgotten past ``limit``. An entry whose key went
+    another way (its channel deleted) is skipped when met; when such entries
+    make ``order`` twice the limit it is rebuilt, so every byte stays bounded.
     """
 
     __slots__ = ("by_channel", "count", "limit", "order", "ttl")
@@ -112,8 +113,8 @@ class _Keys:
     def __init__(self, ttl: float, limit: int) -> None:
         self.ttl = ttl
         self.limit = limit
-        self.by_channel: dict[str, dict[str, tuple[str, float]]] = {}
-        self.order: deque[tuple[float, str, str]] = deque()
+        self.by_channel: dict[str, dict[str, tuple[str, int]]] = {}
+        self.order: deque[tuple[int, str, str]] = deque()
         self.count = 0  # keys held, all channels
 
     def get(self, channel: str, key: str) -> str | None:
@@ -124,27 +125,27 @@ class _Keys:
         found = keys.get(key)
         return None if found is None else found[0]
 
-    def put(self, channel: str, key: str, id: str, now: float) -> None:
-        """Record a key :meth:`get` did not know."""
-        expires = now + self.ttl
+    def put(self, channel: str, key: str, message: Message) -> None:
+        """Record a key :meth:`get` did not know, for ``message``."""
         keys = self.by_channel.get(channel)
         if keys is None:
             keys = self.by_channel[channel] = {}
-        keys[key] = (id, expires)
+        keys[key] = (message.id, message.time)
         self.count += 1
-        self.order.append((expires, channel, key))
+        self.order.append((message.time, channel, key))
         while self.count > self.limit:
             self._pop()
         if len(self.order) > 2 * self.limit + 64:
             self.order = deque(sorted(
-                (expires, name, key)
+                (time, name, key)
                 for name, held in self.by_channel.items()
-                for key, (_, expires) in held.items()
+                for key, (_, time) in held.items()
             ))
 
     def expire(self, now: float) -> None:
         order = self.order
-        while order and order[0][0] <= now:
+        oldest = int((now - self.ttl) * 1000)  # MemoryBroker._expire's rule
+        while order and order[0][0] < oldest:
             self._pop()
 
     def drop(self, channel: str) -> None:
@@ -155,12 +156,12 @@ class _Keys:
 
     def _pop(self) -> None:
         """Forget the oldest entry's key, if it is still the one recorded."""
-        expires, channel, key = self.order.popleft()
+        time, channel, key = self.order.popleft()
         keys = self.by_channel.get(channel)
         if keys is None:
             return
         found = keys.get(key)
-        if found is not None and found[1] == expires:
+        if found is not None and found[1] == time:
             del keys[key]
             self.count -= 1
             if not keys:
@@ -255,9 +256,8 @@ class MemoryBroker(Service):
              None if k is None else check_idempotency_key(k))
             for c, d, e, k in items
         ]
-        now = self.clock.seconds()
         keys = self._keys
-        keys.expire(now)
+        keys.expire(self.clock.seconds())
         self._check_room(
             {c for c, _, _, k in checked if k is None or keys.get(c, k) is None}
         )
@@ -270,7 +270,7 @@ class MemoryBroker(Service):
                     continue
             message = self._publish(channel, payload, event)
             if key is not None:
-                keys.put(channel, key, message.id, now)
+                keys.put(channel, key, message)
             out.append(Receipt(message.id, channel))
         return out
 
