@@ -420,3 +420,23 @@ async def test_no_key_publishing_on_redis_writes_no_key_records(
     assert sorted(keys) == sorted(
         k.encode() for c in "ab" for k in broker._key(c)
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_keys_leave_a_busy_channel_oldest_first(
+    node: Any, redis: RedisServer
+) -> None:
+    """A channel whose keys are refreshed by every publish never expires as a
+    whole: each keyed publish drops expired keys (a bounded number at a time)."""
+    broker = await node(ttl=60)
+    await broker.publish_keyed([("a", "0", "message", "new-0")])
+    keys, zset = broker._idempotency_keys("a")
+    # 200 keys as they would be had they been recorded at time 1000 ms (long expired)
+    for i in range(200):
+        await raw(redis, "HSET", keys, f"old-{i}", f"whatever\n{i}\n1000")
+        await raw(redis, "ZADD", zset, 1000, f"old-{i}")
+    await broker.publish_keyed([("a", "1", "message", "new-1")])
+    assert await raw(redis, "HLEN", keys) == 2 + 200 - 128
+    await broker.publish_keyed([("a", "2", "message", "new-2")])
+    assert sorted(await raw(redis, "HKEYS", keys)) == [b"new-0", b"new-1", b"new-2"]
+    assert await raw(redis, "ZCARD", zset) == 3

@@ -68,7 +68,7 @@ end
 -- Expired keys are dropped first, oldest first, a bounded number at a time.
 local function recall(kh, kz, key, epoch)
   local cutoff = now - ttl
-  local old = redis.call('ZRANGEBYSCORE', kz, '-inf', '(' .. cutoff, 'LIMIT', 0, 128)
+  local old = redis.call('ZRANGEBYSCORE', kz, '-inf', string.format('(%d', cutoff), 'LIMIT', 0, 128)
   if #old > 0 then
     redis.call('ZREM', kz, unpack(old))
     redis.call('HDEL', kh, unpack(old))
