@@ -17,6 +17,7 @@ from pushd.errors import PushdError, bad_request
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}\Z")
 EVENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 RESERVED_EVENTS = frozenset({"reset", "closed", "expired"})
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}\Z")  # 1-128 printable ASCII
 DEFAULT_EVENT = "message"
 
 
@@ -39,6 +40,19 @@ def check_event(name: object) -> str:
     if name in RESERVED_EVENTS:
         raise bad_request("reserved_event", f"event {name!r} is reserved for pushd")
     return name
+
+
+def check_idempotency_key(key: object) -> str:
+    """Return ``key`` if it can be an idempotency key, else raise a 400.
+
+    Printable ASCII only, so a key is the same bytes in a header, in JSON and
+    in Redis, and its size (which the brokers keep for the history TTL) is bounded.
+    """
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.match(key):
+        raise bad_request(
+            "bad_idempotency_key", "idempotency keys are 1-128 characters of printable ASCII"
+        )
+    return key
 
 
 MAX_DEPTH = 64  # nested arrays/objects in any JSON pushd reads

@@ -44,6 +44,9 @@ class LaterBroker(MemoryBroker):
     def publish_many(self, *args: Any, **kw: Any) -> Deferred[Any]:
         return self._later(lambda: MemoryBroker.publish_many(self, *args, **kw))
 
+    def publish_keyed(self, *args: Any, **kw: Any) -> Deferred[Any]:
+        return self._later(lambda: MemoryBroker.publish_keyed(self, *args, **kw))
+
     def read(self, *args: Any, **kw: Any) -> Deferred[Any]:
         return self._later(lambda: MemoryBroker.read(self, *args, **kw))
 

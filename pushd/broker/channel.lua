@@ -1,7 +1,9 @@
 -- pushd's one script: every operation on a channel's keys (see pushd/broker/redis.py).
 --
 -- KEYS: per channel, its hash ({epoch e, last seq s, run_id r}) then its stream
--- (entry id "<seq>-0", fields t = time in ms, m = "<event>\n<kind><data>").
+-- (entry id "<seq>-0", fields t = time in ms, m = "<event>\n<kind><data>"); for
+-- idempotency keys, the channel's key hash (key -> "<epoch>\n<seq>\n<time>") then
+-- its key zset (key scored by time), which expire with the history ttl.
 -- ARGV: op, run_id, a fresh epoch (used only if one is needed), the pub/sub
 -- prefix, history size, history ttl (ms), how long a hash outlives its last
 -- publish (ms), then the op's own arguments.
@@ -59,26 +61,75 @@ local function expire(sk)
   end
 end
 
+-- The first publish with idempotency key `key` on a channel, as epoch, seq and
+-- time, if it is within the ttl (kept as long as its message would be, by
+-- expire's rule) and in the channel's current epoch (a record
+-- from before the channel lost its data, or was taken over, is no answer).
+-- Expired keys are dropped first, oldest first, a bounded number at a time.
+local function recall(kh, kz, key, epoch)
+  local cutoff = now - ttl
+  local old = redis.call('ZRANGEBYSCORE', kz, '-inf', string.format('(%d', cutoff), 'LIMIT', 0, 128)
+  if #old > 0 then
+    redis.call('ZREM', kz, unpack(old))
+    redis.call('HDEL', kh, unpack(old))
+  end
+  local rec = redis.call('HGET', kh, key)
+  if not rec then
+    return false
+  end
+  local e, s, t = string.match(rec, '^([^\n]*)\n(%d+)\n(%d+)$')
+  if e ~= epoch or tonumber(t) < cutoff then
+    return false
+  end
+  return s, t
+end
+
 if op == 'pub' then
-  -- per item: channel, event, kind, data; returns epoch, seq, time per item
+  -- per item: channel, event, kind, data, idempotency key ('' for none; a keyed
+  -- item's key hash and zset follow all the channels' keys in KEYS, in item
+  -- order); returns epoch, seq, time, replayed ('1': the key was used, nothing
+  -- was stored, this is the first publish's message) per item
   local out = {}
   local tm = string.format('%d', now)
-  local n = (#ARGV - 7) / 4
+  local n = (#ARGV - 7) / 5
+  local k = 2 * n
   for i = 1, n do
     local hk, sk = KEYS[2 * i - 1], KEYS[2 * i]
-    local channel, event, kind, data = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
+    local channel, event, kind, data = ARGV[3 + 5 * i], ARGV[4 + 5 * i], ARGV[5 + 5 * i], ARGV[6 + 5 * i]
+    local key = ARGV[7 + 5 * i]
     local epoch, last = state(hk, sk, true)
-    local s = string.format('%d', last + 1)
-    local m = event .. '\n' .. kind .. data
-    redis.call('XADD', sk, 'MAXLEN', size, s .. '-0', 't', tm, 'm', m)
-    redis.call('HSET', hk, 's', s)
-    expire(sk)
-    redis.call('PEXPIRE', sk, ttl)
-    redis.call('PEXPIRE', hk, keep)
-    redis.call('PUBLISH', prefix .. channel, epoch .. '\n' .. s .. '\n' .. tm .. '\n' .. m)
-    out[#out + 1] = epoch
-    out[#out + 1] = s
-    out[#out + 1] = tm
+    local s, t = false, tm
+    local kh, kz
+    if key ~= '' then
+      kh, kz = KEYS[k + 1], KEYS[k + 2]
+      k = k + 2
+      s, t = recall(kh, kz, key, epoch)
+    end
+    if s then
+      out[#out + 1] = epoch
+      out[#out + 1] = s
+      out[#out + 1] = t
+      out[#out + 1] = '1'
+    else
+      s = string.format('%d', last + 1)
+      local m = event .. '\n' .. kind .. data
+      redis.call('XADD', sk, 'MAXLEN', size, s .. '-0', 't', tm, 'm', m)
+      redis.call('HSET', hk, 's', s)
+      expire(sk)
+      redis.call('PEXPIRE', sk, ttl)
+      redis.call('PEXPIRE', hk, keep)
+      if kh then
+        redis.call('HSET', kh, key, epoch .. '\n' .. s .. '\n' .. tm)
+        redis.call('ZADD', kz, tm, key)
+        redis.call('PEXPIRE', kh, ttl)
+        redis.call('PEXPIRE', kz, ttl)
+      end
+      redis.call('PUBLISH', prefix .. channel, epoch .. '\n' .. s .. '\n' .. tm .. '\n' .. m)
+      out[#out + 1] = epoch
+      out[#out + 1] = s
+      out[#out + 1] = tm
+      out[#out + 1] = ''
+    end
   end
   return out
 end
@@ -119,10 +170,12 @@ if op == 'read' then
 end
 
 if op == 'del' then
-  -- channel; returns how many keys went and the epoch deleted; announces "!<epoch>"
+  -- channel; returns how many keys went (hash, stream) and the epoch deleted;
+  -- announces "!<epoch>"; drops the channel's idempotency keys too
   local hk, sk = KEYS[1], KEYS[2]
   local h = redis.call('HGET', hk, 'e')
   local had = redis.call('DEL', hk, sk)
+  redis.call('DEL', KEYS[3], KEYS[4])  -- its idempotency keys
   local epoch = h or ''
   if had > 0 then
     redis.call('PUBLISH', prefix .. ARGV[8], '!' .. epoch)

@@ -60,6 +60,20 @@ class Page:
     reset: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a keyed publish answers for one item (see ``Broker.publish_keyed``).
+
+    ``replayed``: the item's idempotency key had been used on its channel
+    within the history TTL, so nothing was stored and ``id`` is the id the
+    first publish with that key got.
+    """
+
+    id: str
+    channel: str
+    replayed: bool = False
+
+
 @dataclass
 class ChannelInfo:
     channel: str
@@ -97,6 +111,19 @@ class Broker(Protocol):
         self, items: Sequence[tuple[str, Payload | Any, str]]
     ) -> Deferred[list[Message]]:
         """All or nothing: every item is checked (and encoded) before any is stored."""
+
+    def publish_keyed(
+        self, items: Sequence[tuple[str, Payload | Any, str, str | None]]
+    ) -> Deferred[list[Receipt]]:
+        """``publish_many`` with an idempotency key per item (None: no key).
+
+        An item whose key was already used on its channel within the history
+        TTL (by an earlier publish, or an earlier item of this batch) is not
+        stored: its receipt carries the first publish's id, ``replayed``.
+        The check and the store are one step, so two nodes publishing the
+        same key at once store one message. A separate method, so that a
+        publish without keys does no extra work.
+        """
 
     def subscribe(
         self, channel: str, subscriber: Subscriber, since: str | None = None

@@ -16,6 +16,12 @@ the whole broker go first: because ``seq`` is global, the oldest is the
 channel head with the lowest ``seq``, kept in a heap of channel heads, so a
 publish costs no scan of the channels. Every message that leaves history,
 whatever the reason (trimmed, expired, deleted, evicted), leaves the total.
+
+Idempotency keys (:meth:`MemoryBroker.publish_keyed`) are kept per channel for
+the history TTL, at most ``max_keys`` of them in all (the oldest forgotten
+first), apart from the channels themselves: a key outlives its message when
+history is trimmed, and a channel freed and used again within the TTL still
+knows its keys. DELETE drops them with the history.
 """
 
 from __future__ import annotations
@@ -33,9 +39,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from pushd.broker.hub import Hub, LocalSubscription
-from pushd.broker.interface import BrokerStats, ChannelInfo, Page, Subscriber
+from pushd.broker.interface import BrokerStats, ChannelInfo, Page, Receipt, Subscriber
 from pushd.errors import LimitError, PushdError
-from pushd.model import Message, Payload, as_payload, check_channel, check_event
+from pushd.model import (
+    Message,
+    Payload,
+    as_payload,
+    check_channel,
+    check_event,
+    check_idempotency_key,
+)
 from pushd.wire import message_bytes
 
 _SEQ_RE = re.compile(r"[0-9]{1,19}\Z")
@@ -84,6 +97,77 @@ class _Channel:
         self.listed = False  # has an entry in MemoryBroker._heads
 
 
+class _Keys:
+    """Idempotency keys: per channel, key -> (the first publish's id and time).
+
+    A key lives exactly as long as its message could: until its time (ms) is
+    older than the TTL, by the same rule as history. ``order`` holds ``(time,
+    channel, key)`` in the order keys were recorded, which is the order they
+    expire in and are forgotten past ``limit``. An entry whose key went
+    another way (its channel deleted) is skipped when met; when such entries
+    make ``order`` twice the limit it is rebuilt, so every byte stays bounded.
+    """
+
+    __slots__ = ("by_channel", "count", "limit", "order", "ttl")
+
+    def __init__(self, ttl: float, limit: int) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self.by_channel: dict[str, dict[str, tuple[str, int]]] = {}
+        self.order: deque[tuple[int, str, str]] = deque()
+        self.count = 0  # keys held, all channels
+
+    def get(self, channel: str, key: str) -> str | None:
+        """The id the key was first used for (call :meth:`expire` first)."""
+        keys = self.by_channel.get(channel)
+        if keys is None:
+            return None
+        found = keys.get(key)
+        return None if found is None else found[0]
+
+    def put(self, channel: str, key: str, message: Message) -> None:
+        """Record a key :meth:`get` did not know, for ``message``."""
+        keys = self.by_channel.get(channel)
+        if keys is None:
+            keys = self.by_channel[channel] = {}
+        keys[key] = (message.id, message.time)
+        self.count += 1
+        self.order.append((message.time, channel, key))
+        while self.count > self.limit:
+            self._pop()
+        if len(self.order) > 2 * self.limit + 64:
+            self.order = deque(sorted(
+                (time, name, key)
+                for name, held in self.by_channel.items()
+                for key, (_, time) in held.items()
+            ))
+
+    def expire(self, now: float) -> None:
+        order = self.order
+        oldest = int((now - self.ttl) * 1000)  # MemoryBroker._expire's rule
+        while order and order[0][0] < oldest:
+            self._pop()
+
+    def drop(self, channel: str) -> None:
+        """Forget the channel's keys (it was deleted)."""
+        keys = self.by_channel.pop(channel, None)
+        if keys:
+            self.count -= len(keys)
+
+    def _pop(self) -> None:
+        """Forget the oldest entry's key, if it is still the one recorded."""
+        time, channel, key = self.order.popleft()
+        keys = self.by_channel.get(channel)
+        if keys is None:
+            return
+        found = keys.get(key)
+        if found is not None and found[1] == time:
+            del keys[key]
+            self.count -= 1
+            if not keys:
+                del self.by_channel[channel]
+
+
 class MemoryBroker(Service):
     """History bounded by ``size`` messages and ``ttl`` seconds per channel.
 
@@ -93,6 +177,9 @@ class MemoryBroker(Service):
     grow without end. Subscribing never counts against it; channels made
     only by subscribers are bounded by the connection limits and are freed
     when they leave.
+
+    ``max_keys`` bounds the idempotency keys held, all channels together;
+    past it the oldest are forgotten first (a retry of one then stores again).
     """
 
     def __init__(
@@ -105,6 +192,7 @@ class MemoryBroker(Service):
         max_channels: int = 0,
         retry_after: int = 5,
         max_bytes: int = 256 * 1024 * 1024,
+        max_keys: int = 100_000,
     ) -> None:
         self.clock = clock
         self.size = size
@@ -124,6 +212,7 @@ class MemoryBroker(Service):
         # (seq, channel name): at least one entry at or below the head of every
         # channel with history; stale entries are fixed up or dropped when met.
         self._heads: list[tuple[int, str]] = []
+        self._keys = _Keys(ttl, max_keys)
 
     # -- service ---------------------------------------------------------
     def startService(self) -> None:
@@ -157,6 +246,33 @@ class MemoryBroker(Service):
         checked = [(check_channel(c), as_payload(d), check_event(e)) for c, d, e in items]
         self._check_room({c for c, _, _ in checked})
         return [self._publish(c, p, e) for c, p, e in checked]
+
+    @_answer
+    def publish_keyed(
+        self, items: Sequence[tuple[str, Payload | Any, str, str | None]]
+    ) -> list[Receipt]:
+        checked = [
+            (check_channel(c), as_payload(d), check_event(e),
+             None if k is None else check_idempotency_key(k))
+            for c, d, e, k in items
+        ]
+        keys = self._keys
+        keys.expire(self.clock.seconds())
+        self._check_room(
+            {c for c, _, _, k in checked if k is None or keys.get(c, k) is None}
+        )
+        out = []
+        for channel, payload, event, key in checked:
+            if key is not None:
+                first = keys.get(channel, key)  # an earlier publish's, or this batch's
+                if first is not None:
+                    out.append(Receipt(first, channel, True))
+                    continue
+            message = self._publish(channel, payload, event)
+            if key is not None:
+                keys.put(channel, key, message)
+            out.append(Receipt(message.id, channel))
+        return out
 
     def _check_room(self, names: set[str]) -> None:
         """Refuse, before anything is stored, publishes past ``max_channels``."""
@@ -265,6 +381,7 @@ class MemoryBroker(Service):
     @_answer
     def delete(self, channel: str) -> int | None:
         ch = self._channels.pop(check_channel(channel), None)
+        self._keys.drop(channel)  # even when freed: its keys outlive its history
         if ch is None:
             return None
         self.bytes -= sum(map(message_bytes, ch.history))
@@ -287,6 +404,7 @@ class MemoryBroker(Service):
     def sweep(self) -> None:
         """Drop expired history everywhere and free channels left empty."""
         now = self.clock.seconds()
+        self._keys.expire(now)
         for ch in list(self._channels.values()):
             self._expire(ch, now)
             self._maybe_free(ch)

@@ -50,10 +50,18 @@ from twisted.python.failure import Failure
 
 from pushd.broker.census import Census
 from pushd.broker.hub import Hub, LocalSubscription
-from pushd.broker.interface import BrokerStats, ChannelInfo, Page, Subscriber
+from pushd.broker.interface import BrokerStats, ChannelInfo, Page, Receipt, Subscriber
 from pushd.broker.resp import Link, RedisURL, ReplyError, Unavailable
 from pushd.errors import LimitError, PushdError
-from pushd.model import Message, Payload, as_payload, check_channel, check_event, text_payload
+from pushd.model import (
+    Message,
+    Payload,
+    as_payload,
+    check_channel,
+    check_event,
+    check_idempotency_key,
+    text_payload,
+)
 
 log = Logger()
 
@@ -213,6 +221,12 @@ class RedisBroker(Service):
         tag = f"{self.prefix}{{{channel}}}"
         return f"{tag}:h", f"{tag}:s"
 
+    def _idempotency_keys(self, channel: str) -> tuple[str, str]:
+        """The channel's idempotency keys: a hash (key -> first publish) and a
+        zset (key by time, to expire them oldest first)."""
+        tag = f"{self.prefix}{{{channel}}}"
+        return f"{tag}:k", f"{tag}:z"
+
     async def _run(self, op: str, keys: list[str], args: list[Any]) -> Any:
         """The script, by its hash; sent whole when Redis does not have it.
 
@@ -264,21 +278,53 @@ class RedisBroker(Service):
             return Deferred.fromCoroutine(_failed(Failure()))
         return Deferred.fromCoroutine(self._publish(checked))
 
-    async def _publish(self, checked: list[tuple[str, Payload, str]]) -> list[Message]:
+    def publish_keyed(
+        self, items: Sequence[tuple[str, Payload | Any, str, str | None]]
+    ) -> Deferred[list[Receipt]]:
+        """Each key is looked up and recorded inside the script that stores the
+        message, so two nodes publishing the same key at once store one."""
+        try:
+            checked = [(check_channel(c), as_payload(d), check_event(e)) for c, d, e, _ in items]
+            keys = [None if k is None else check_idempotency_key(k) for _, _, _, k in items]
+        except PushdError:
+            return Deferred.fromCoroutine(_failed(Failure()))
+        return Deferred.fromCoroutine(self._publish_keyed(checked, keys))
+
+    async def _publish_keyed(
+        self, checked: list[tuple[str, Payload, str]], keys: list[str | None]
+    ) -> list[Receipt]:
+        return [
+            m if isinstance(m, Receipt) else Receipt(m.id, m.channel)
+            for m in await self._publish(checked, keys)
+        ]
+
+    async def _publish(
+        self, checked: list[tuple[str, Payload, str]], keys: list[str | None] | None = None
+    ) -> list[Any]:
+        """Messages stored; with ``keys``, a :class:`Receipt` (replayed) for
+        each item whose key had been used."""
         if not checked:
             return []
-        keys: list[str] = []
+        names: list[str] = []
+        keyed: list[str] = []  # the keyed items' key hash and zset, after the channels'
         args: list[Any] = []
-        for channel, payload, event in checked:
-            keys.extend(self._key(channel))
-            if payload.text is None:
-                args.extend((channel, event, b"j", payload.json))
-            else:
-                args.extend((channel, event, b"t", payload.text.encode("utf-8")))
-        reply = await self._run("pub", keys, args)
-        out = []
         for i, (channel, payload, event) in enumerate(checked):
-            epoch, seq, time = reply[3 * i].decode(), int(reply[3 * i + 1]), int(reply[3 * i + 2])
+            names.extend(self._key(channel))
+            key = keys[i] if keys is not None else None
+            if key is not None:
+                keyed.extend(self._idempotency_keys(channel))
+            if payload.text is None:
+                args.extend((channel, event, b"j", payload.json, key or ""))
+            else:
+                args.extend((channel, event, b"t", payload.text.encode("utf-8"), key or ""))
+        reply = await self._run("pub", names + keyed, args)
+        out: list[Any] = []
+        published = 0
+        for i, (channel, payload, event) in enumerate(checked):
+            epoch, seq, time = reply[4 * i].decode(), int(reply[4 * i + 1]), int(reply[4 * i + 2])
+            if reply[4 * i + 3]:  # its key had been used: nothing stored
+                out.append(Receipt(f"{epoch}-{seq}", channel, True))
+                continue
             feed = self._feeds.get(channel)
             # Delivered here at once when it is the next one this node expects;
             # its pub/sub copy is then dropped as already delivered.
@@ -289,10 +335,11 @@ class RedisBroker(Service):
             local = feed.base + seq if feed is not None and feed.epoch == epoch else seq
             message = Message(f"{epoch}-{seq}", local, channel, event, payload, time)
             out.append(message)
+            published += 1
             if now:
                 assert feed is not None
                 self._deliver(feed, message, seq)
-        self.stats.published += len(out)
+        self.stats.published += published
         return out
 
     # -- reading ---------------------------------------------------------------
@@ -366,7 +413,9 @@ class RedisBroker(Service):
         return Deferred.fromCoroutine(self._delete(channel))
 
     async def _delete(self, channel: str) -> int | None:
-        had, epoch = await self._run("del", list(self._key(channel)), [channel])
+        had, epoch = await self._run(
+            "del", [*self._key(channel), *self._idempotency_keys(channel)], [channel]
+        )
         feed = self._feeds.get(channel)
         if feed is not None:
             if epoch:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
 
-from pushd.broker.interface import Page, Subscriber, Subscription
+from pushd.broker.interface import Page, Receipt, Subscriber, Subscription
 from pushd.fanout import Group, Member
 from pushd.model import Message, Payload, check_channel
 from pushd.web.context import Context
@@ -72,6 +72,19 @@ def publish(
     if ctx.publish_rates is not None:
         limit_rate(ctx, who, len(items))
     return ctx.broker.publish_many(items)
+
+
+def publish_keyed(
+    ctx: Context, who: object, items: Sequence[tuple[str, Payload, str, str | None]]
+) -> Deferred[list[Receipt]]:
+    """:func:`publish` for items with an idempotency key (None: none), checked
+    and charged the same way: a replay costs a publish from the rate too, as
+    the client cannot tell it from a store before it asks."""
+    for channel, _, _, _ in items:
+        allow(ctx, who, "publish", channel)
+    if ctx.publish_rates is not None:
+        limit_rate(ctx, who, len(items))
+    return ctx.broker.publish_keyed(items)
 
 
 def limit_rate(ctx: Context, who: object, cost: int) -> None:
