@@ -13,6 +13,7 @@ import json
 import os
 import time
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 
@@ -311,6 +312,36 @@ def test_another_origin_works_when_listed(
     wait_open(page, "module")
     pushd.publish(ch, "module")
     assert got(page, "module", 1)["data"] == ["module"]
+
+
+def test_a_listed_origin_retries_a_publish_with_an_idempotency_key(
+    context: Any, pushd: PushdProcess, origins: dict[str, str], request: Any
+) -> None:
+    """A page of a listed origin may send Idempotency-Key (preflighted) and
+    read Idempotent-Replayed: its retry of a publish stores one message."""
+    page = context.new_page()
+    page.goto(origins["listed"] + "/page.html")
+    ch = channel_name(request)
+    answers = page.evaluate(
+        """async ([base, ch]) => {
+            const out = [];
+            for (let i = 0; i < 2; i++) {
+                const r = await fetch(base + "/channels/" + ch, {
+                    method: "POST",
+                    headers: {"Content-Type": "application/json", "Idempotency-Key": "order-42"},
+                    body: JSON.stringify({"n": i}),
+                });
+                out.push([r.status, r.headers.get("Idempotent-Replayed"), (await r.json()).id]);
+            }
+            return out;
+        }""",
+        [pushd.url, ch],
+    )
+    (s1, replayed1, id1), (s2, replayed2, id2) = answers
+    assert (s1, replayed1, s2, replayed2) == (201, None, 201, "true")
+    assert id1 == id2
+    stored = json.loads(urlopen(f"{pushd.url}/channels/{ch}/poll", timeout=5).read())
+    assert [(m["id"], m["data"]) for m in stored["messages"]] == [(id1, {"n": 0})]
 
 
 def test_another_origin_fails_when_not_listed(

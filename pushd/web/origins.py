@@ -95,7 +95,12 @@ class HostPolicy:
         return known
 
 
-PREFLIGHT_HEADERS = b"Content-Type, Last-Event-ID, If-None-Match, Authorization"
+# A listed page may send what a client of pushd sends (Idempotency-Key: a
+# page retrying a publish), and read the headers pushd answers with.
+PREFLIGHT_HEADERS = (
+    b"Content-Type, Last-Event-ID, If-None-Match, Authorization, Idempotency-Key"
+)
+EXPOSED_HEADERS = b"ETag, Idempotent-Replayed"
 METHODS = b"GET, POST, DELETE, OPTIONS"
 
 
@@ -138,7 +143,7 @@ def guard(request: Any, policy: OriginPolicy, hosts: HostPolicy) -> bytes | None
             value = b"*" if policy.any else origin.encode("latin-1")
             request.setHeader(b"Access-Control-Allow-Origin", value)
             request.setHeader(b"Vary", b"Origin")
-            request.setHeader(b"Access-Control-Expose-Headers", b"ETag")
+            request.setHeader(b"Access-Control-Expose-Headers", EXPOSED_HEADERS)
     if request.method == b"OPTIONS":
         if not listed:
             return error_response(
