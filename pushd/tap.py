@@ -76,6 +76,7 @@ class Options(usage.Options):
         ["history-ttl", None, None, "Seconds a message is kept (default 3600)."],
         ["max-message-size", None, None, "Largest accepted message, bytes (default 65536)."],
         ["workers", None, None, "Processes sharing the listeners (default 1; >1 needs Redis)."],
+        ["broker", None, None, 'Where channels live: "memory" (default) or redis://host:port/db.'],
     ]
 
     def __init__(self) -> None:
@@ -120,6 +121,8 @@ class Options(usage.Options):
         workers = _number(self, "workers", int)
         if workers is not None:
             settings.workers = workers
+        if self["broker"] is not None:
+            settings.broker = self["broker"]
         config.check(settings)
         from twisted.internet import reactor
 
@@ -223,10 +226,17 @@ class Daemon(MultiService):
         if hasattr(self.broker, "available"):  # /readyz is 503 while Redis is away
             self.registry.available = lambda: self.broker.available
         self.context = Context(self.broker, settings, reactor, self.registry)
-        self.sources = [sources.build(table, self.broker, reactor) for table in settings.sources]
+        # 0: this process binds (alone, or the parent of workers); 1..: a worker
+        # that adopts the parent's listening sockets (pushd.workers).
+        self.worker = worker_index(environ or {})
+        # Sources run once per host, in the parent: each worker running them
+        # would publish every tick, line or command output once per process.
+        self.sources = [] if self.worker else [
+            sources.build(table, self.broker, reactor) for table in settings.sources
+        ]
         for source in self.sources:
             source.setServiceParent(self)
-        if settings.web.demo:  # /status is fed over pushd itself
+        if settings.web.demo and not self.worker:  # /status is fed over pushd itself
             from pushd.sources.status import StatusSource
 
             StatusSource(self.broker, self.registry, reactor).setServiceParent(self)
@@ -240,9 +250,6 @@ class Daemon(MultiService):
         # behind a trusted proxy those limits count the clients it names
         self.site.clients = self.context.clients
         self.site.draining = lambda: self.registry.draining
-        # 0: this process binds (alone, or the parent of workers); 1..: a worker
-        # that adopts the parent's listening sockets (pushd.workers).
-        self.worker = worker_index(environ or {})
         self.workers: Workers | None = None  # the parent's, set by makeService
         self._link: ParentLink | None = None
         self._told_to_stop = False  # a worker's parent asked it to drain

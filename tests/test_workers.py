@@ -182,6 +182,12 @@ def test_workers_come_from_the_file_and_the_command_line(tmp_path: Path) -> None
     assert o.settings.workers == 3
     assert o.argv == ["--config", str(f), "--workers", "3"]  # what the workers are given
     assert Settings().workers == 1
+    # the README's command: no file, Redis and two workers from the command line
+    o = Options()
+    o.parseOptions(["--broker", "redis://127.0.0.1:6380/1", "--workers", "2"])
+    assert (o.settings.broker, o.settings.workers) == ("redis://127.0.0.1:6380/1", 2)
+    with pytest.raises(SystemExit, match="broker must be"):
+        Options().parseOptions(["--broker", "mongodb://x"])
 
 
 def test_more_than_one_worker_with_the_memory_broker_is_refused(tmp_path: Path) -> None:
@@ -669,3 +675,19 @@ def test_a_worker_says_alive_from_its_event_loop_once_it_serves() -> None:
     assert out.value() == b"ready\nalive\nalive\n"
     link.connectionLost(Failure(ConnectionDone()))
     assert not clock.getDelayedCalls()
+
+
+def test_sources_run_once_per_host_in_the_parent() -> None:
+    """A worker running the sources too would publish each tick, line or
+    command output once per process."""
+    from pushd.sources.base import Source
+    from pushd.sources.status import StatusSource
+
+    settings = Settings()  # the demo ticker, and the /status page's source
+    assert settings.sources and settings.web.demo
+    parent = Daemon(settings, MemoryReactorClock(), {})
+    worker = Daemon(settings, MemoryReactorClock(), {WORKER_ENV: "1"})
+    assert len(parent.sources) == len(settings.sources)
+    assert any(isinstance(s, StatusSource) for s in parent)
+    assert worker.sources == []
+    assert not any(isinstance(s, (Source, StatusSource)) for s in worker)
