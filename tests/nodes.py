@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 
 from tests.clients import RawHTTP, dechunk, split_response
 from tests.helpers import parse_sse
@@ -135,7 +136,14 @@ class HTTP:
         if body or method == "POST":
             lines += ["Content-Type: text/plain", f"Content-Length: {len(body)}"]
         raw.protocol.transport.write("\r\n".join([*lines, "", ""]).encode() + body)
-        data = await raw.until(complete, timeout)
+        try:
+            data = await raw.until(complete, timeout)
+        except BaseException as e:  # ended first, or no answer in time: not reused
+            raw.abort()
+            self.raw = None
+            if isinstance(e, AssertionError):
+                raise ConnectionLost(f"{method} {path}: the connection ended") from None
+            raise
         size = complete(data)
         status, head, payload = split_response(data[:size])
         if head.get("transfer-encoding") == "chunked":
