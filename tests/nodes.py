@@ -1,9 +1,11 @@
 """Real pushd nodes (``twistd -n pushd``, ``broker = redis://``) on one redis-server.
 
-A :class:`Node` is one process on a fixed port of its own, so a test can
-SIGKILL it and start it again where its clients expect it. It counts as
-started once it listens and both of its Redis connections (commands, pub/sub)
-said they are up: every wait is on the process's own output, never a sleep.
+A :class:`Node` is one process; a test can SIGKILL it and start it again
+(on a port freshly picked: the old one may have been taken meanwhile as the
+local end of some connection; clients read ``port`` when they connect). It
+counts as started once it listens and both of its Redis connections
+(commands, pub/sub) said they are up: every wait is on the process's own
+output, never a sleep.
 
 :class:`HTTP` is a keep-alive raw HTTP/1.1 client for publishing and polling
 fast and in order (one request at a time per connection), and the parsers
@@ -30,7 +32,8 @@ CONNECTED = rb"redis %s redis://[^ ]*: connected"
 
 
 class Node:
-    """One pushd process on ``port``, on the Redis broker of ``redis``."""
+    """One pushd process on ``port`` (picked anew at each start but the first),
+    on the Redis broker of ``redis``."""
 
     def __init__(self, tmp_path: Path, redis: RedisServer, name: str, extra: str = "") -> None:
         self.dir = tmp_path / name
@@ -46,6 +49,9 @@ class Node:
 
     async def start(self) -> Node:
         """Spawn it; returns once it listens and is connected to Redis."""
+        if self.starts:
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
         config = (
             f'source = []\nbroker = "redis://127.0.0.1:{self.redis.port}/0"\n'
             f"[drain]\ntimeout = 1\n{self.extra}"

@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 import random
 import secrets
+import shutil
 import signal
 from pathlib import Path
 from typing import Any, Callable
@@ -78,7 +79,8 @@ TRANSPORTS = ("events", "stream", "ws", "longpoll", "poll")
 PUBLISH_PACE = 0.03  # seconds between one publisher's publishes
 POLL_PACE = 0.05
 RETRY = 0.1  # a client's pause after a failure before it tries again
-STEP = 25  # acknowledgements between two chaos steps
+STEP = 30  # acknowledgements between two chaos steps
+ROUNDS = 2  # of every failure
 
 
 def position(epochs: list[str], mid: str) -> tuple[int, int] | None:
@@ -132,7 +134,7 @@ class Oracle:
         problems = []
         seen: set[str] = set()
         start = position(epochs, seed)
-        assert start is not None
+        assert start is not None, (seed, epochs)
         last, reset_since = start, False
         covers: list[tuple[int, int]] = []
         null_pending = False
@@ -216,7 +218,7 @@ class Subscriber:
     def past(self, mid: str, epochs: list[str]) -> Deferred[None]:
         """Fires once it received ``mid``, or a message or reset past it."""
         target = position(epochs, mid)
-        assert target is not None
+        assert target is not None, (mid, epochs)
         d: Deferred[None] = Deferred()
         if any(
             (at := position(epochs, v)) is not None and at >= target
@@ -379,25 +381,72 @@ async def publish_acked(node: Node, channel: str, data: str) -> str:
 
 
 async def redis_call(redis: RedisServer, *command: Any) -> Any:
-    conn = await txredisapi.Connection("127.0.0.1", redis.port, reconnect=False)
+    conn = await redis_conn(redis)
     try:
         return await conn.execute_command(*command)
     finally:
         await conn.disconnect()
 
 
+def redis_conn(redis: RedisServer) -> Deferred[Any]:
+    """A connection of the test's own; replies as strings (an epoch such as
+    ``09642011`` is not a number)."""
+    return txredisapi.Connection(  # type: ignore[no-any-return]
+        "127.0.0.1", redis.port, reconnect=False, convertNumbers=False
+    )
+
+
 async def record_epochs(redis: RedisServer, oracle: Oracle, pause: bool) -> None:
     """Each channel's current epoch, from its hash; with ``pause``, after
     holding every write (the node's scripts) until Redis is killed next."""
-    conn = await txredisapi.Connection("127.0.0.1", redis.port, reconnect=False)
+    conn = await redis_conn(redis)
     try:
         if pause:
             await conn.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
         for channel in CHANNELS:
             epoch = await conn.execute_command("HGET", f"pushd:{{{channel}}}:h", "e")
-            oracle.made(channel, epoch.decode() if isinstance(epoch, bytes) else epoch)
+            oracle.made(channel, epoch)
     finally:
         await conn.disconnect()
+
+
+async def chaos_round(
+    redis: RedisServer, nodes: list[Node], oracle: Oracle, rng: random.Random,
+    step: Callable[[str], None],
+) -> None:
+    """Each failure once, one after another, ``STEP`` acknowledgements apart."""
+    await oracle.acks(STEP)
+    node = rng.choice(nodes)
+    step(f"SIGKILL {node.name}")
+    await node.kill()
+    await oracle.acks(STEP)
+    step(f"start {node.name} again")
+    await node.start()
+    await oracle.acks(STEP)
+    pubsub = await redis_call(redis, "CLIENT", "LIST", "TYPE", "pubsub")
+    ids = [line.split()[0].removeprefix("id=") for line in pubsub.splitlines() if line]
+    assert len(ids) == len(nodes), pubsub  # one pub/sub connection per node
+    victim = rng.choice(ids)
+    step(f"CLIENT KILL ID {victim} (a node's pub/sub connection)")
+    await redis_call(redis, "CLIENT", "KILL", "ID", victim)
+    await oracle.acks(STEP)
+    step("SIGSTOP redis for 3 s")
+    redis.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    await deferLater(reactor, 3.0)
+    redis.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    step("SIGCONT redis")
+    await oracle.acks(STEP)
+    step("restart redis with its append-only file")
+    await record_epochs(redis, oracle, pause=True)
+    redis.kill()
+    redis.start(persist=True)
+    await oracle.acks(STEP)
+    step("restart redis without its data (a fresh append-only file)")
+    await record_epochs(redis, oracle, pause=True)
+    redis.kill()
+    shutil.rmtree(redis.workdir / "appendonlydir")
+    redis.start(persist=True)
+    await oracle.acks(STEP)
 
 
 @pytest.fixture
@@ -442,35 +491,8 @@ async def test_chaos_loses_nothing_acknowledged(tmp_path: Path, chaos_redis: Red
         def step(what: str) -> None:
             log.append(f"{reactor.seconds() - started:6.2f}s {oracle.count:4d} acks: {what}")
 
-        await oracle.acks(STEP)
-        step("SIGKILL node2")
-        await nodes[2].kill()
-        await oracle.acks(STEP)
-        step("start node2 again")
-        await nodes[2].start()
-        await oracle.acks(STEP)
-        pubsub = await redis_call(redis, "CLIENT", "LIST", "TYPE", "pubsub")
-        victim = pubsub.split()[0].split("=")[1] if isinstance(pubsub, str) else None
-        assert victim is not None, pubsub
-        step(f"CLIENT KILL ID {victim} (a node's pub/sub connection)")
-        await redis_call(redis, "CLIENT", "KILL", "ID", victim)
-        await oracle.acks(STEP)
-        step("SIGSTOP redis for 3 s")
-        redis.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
-        await deferLater(reactor, 3.0)
-        redis.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
-        step("SIGCONT redis")
-        await oracle.acks(STEP)
-        step("restart redis with its append-only file")
-        await record_epochs(redis, oracle, pause=True)
-        redis.kill()
-        redis.start(persist=True)
-        await oracle.acks(STEP)
-        step("restart redis without persistence")
-        await record_epochs(redis, oracle, pause=True)
-        redis.kill()
-        redis.start(persist=False)
-        await oracle.acks(STEP)
+        for _ in range(ROUNDS):
+            await chaos_round(redis, nodes, oracle, rng, step)
         step("publishers stop")
         for publisher in publishers:
             publisher.stopping = True
