@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import reactor
+from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred
 
 from pushd.broker.memory import MemoryBroker
@@ -174,3 +174,27 @@ async def test_a_stream_is_answered_only_once_its_subscription_is_made(
         raw.close()
     finally:
         await daemon.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_that_goes_live_during_a_drain_ends_politely() -> None:
+    """A drain tells every open stream goodbye; one still waiting for its
+    subscription then (so not yet open) is told as soon as it opens: it ends
+    with its last chunk, and the client returns elsewhere with its cursor,
+    rather than being held until the drain's timeout cuts it."""
+    settings = Settings()
+    settings.listen = ["tcp:0:interface=127.0.0.1"]
+    settings.sources = []
+    settings.drain.timeout = 30
+    daemon = Daemon(settings, reactor, broker_class=HeldBroker)
+    daemon.startService()
+    port = daemon.listeners[0].port.getHost().port  # type: ignore[union-attr]
+    raw = await RawHTTP.open(port, get_request("/channels/held/events"))
+    release = await bounded(daemon.broker.held)
+    stopped = daemon.stopService()
+    with pytest.raises(error.ConnectionRefusedError):  # the drain told the open streams
+        await RawHTTP.open(port, b"")
+    release()
+    await bounded(raw.until(lambda _: raw.ended), 5)
+    assert raw.data.startswith(b"HTTP/1.1 200") and raw.data.endswith(b"\r\n0\r\n\r\n")
+    await bounded(stopped)

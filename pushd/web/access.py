@@ -203,6 +203,8 @@ def _open_live(
     if ctx.tokens is not None and not reader.ended:
         _expire_with_token(ctx, request, reader)
     _live(None, ctx, reader, sub)
+    if ctx.registry.draining and not reader.ended:  # the drain began before it opened
+        reader.end_politely()  # type: ignore[attr-defined]
 
 
 def _expire_with_token(ctx: Context, who: object, reader: Reader) -> None:
