@@ -21,6 +21,7 @@ from tests.clients import RawHTTP, dechunk, get_request, split_response
 from tests.clients import subscribed as until_subscribed
 from tests.helpers import parse_sse
 from tests.process import bounded
+from tests.test_ops_support import ws_frames, ws_handshake
 from tests.test_ws import connect  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.both_brokers
@@ -198,3 +199,31 @@ async def test_a_stream_that_goes_live_during_a_drain_ends_politely() -> None:
     await bounded(raw.until(lambda _: raw.ended), 5)
     assert raw.data.startswith(b"HTTP/1.1 200") and raw.data.endswith(b"\r\n0\r\n\r\n")
     await bounded(stopped)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_channel_websocket_is_answered_only_once_its_subscription_is_made() -> None:
+    """``/channels/{ch}/ws`` is subscribed on open: its 101 is its answer, so
+    it goes out once the subscription is made, as a stream's head does."""
+    settings = Settings()
+    settings.listen = ["tcp:0:interface=127.0.0.1"]
+    settings.sources = []
+    daemon = Daemon(settings, reactor, broker_class=HeldBroker)
+    daemon.startService()
+    try:
+        port = daemon.listeners[0].port.getHost().port  # type: ignore[union-attr]
+        raw = await RawHTTP.open(port, ws_handshake("/channels/held/ws"))
+        release = await bounded(daemon.broker.held)
+        assert daemon.broker.subscribers("held") == 1
+        assert not any(daemon.registry.connections.values())  # not open yet
+        await daemon.broker.publish("held", "before")  # before the answer: not owed
+        release()
+        await bounded(raw.contains(b"\r\n\r\n"))
+        assert raw.data.startswith(b"HTTP/1.1 101")
+        after = await daemon.broker.publish("held", "after")
+        await bounded(raw.until(lambda d: any(b'"after"' in p for _, p in ws_frames(d))))
+        frames = [json.loads(p) for _, p in ws_frames(raw.data)]
+        assert [(f["id"], f["data"]) for f in frames] == [(after.id, "after")]
+        raw.close()
+    finally:
+        await daemon.stopService()

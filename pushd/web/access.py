@@ -134,24 +134,31 @@ def answer_when_live(
 
     Raises a PushdError, as :func:`subscribe` does, before anything is
     subscribed. With a broker that answers at once (memory, or a Redis node
-    already following the channel) the reader opens now. Otherwise what the
-    subscription is told before it is live (its replay, a ``reset``, a
-    ``closed``) waits in an :class:`_Early` and goes to the reader when it
-    opens; a client that leaves before then is unsubscribed.
+    already following the channel) the reader opens now; otherwise a client
+    that leaves before then is unsubscribed.
     """
-    allow(ctx, request, "subscribe", channel)
-    early = _Early()
-    sub = ctx.broker.subscribe(channel, early, since or None)
+    early, sub = subscribe_early(ctx, request, channel, since)
     live = sub.when_live()
     if not live.called:
         request.notifyFinish().addErrback(lambda _: early.leave(sub))
-    then(live, _open_live, ctx, request, early, sub, open_reader)
+    then(live, lambda _: early.gone or open_early(ctx, request, early, sub, open_reader))
 
 
-class _Early:
-    """A stream's subscriber until its reader opens: keeps what it is told,
-    then hands it over and steps aside (the reader's own methods take its
-    place, so the hub calls the reader directly from then on)."""
+def subscribe_early(
+    ctx: Context, who: object, channel: str, since: str | None
+) -> tuple[Early, Subscription]:
+    """Subscribe before there is a reader (see :class:`Early`); the reader
+    opens with :func:`open_early` once the subscription is live."""
+    allow(ctx, who, "subscribe", channel)
+    early = Early()
+    return early, ctx.broker.subscribe(channel, early, since or None)
+
+
+class Early:
+    """A subscriber until its reader opens: keeps what it is told (a replay,
+    a ``reset``, a ``closed``), then hands it over and steps aside (the
+    reader's own methods take its place, so the hub calls the reader
+    directly from then on)."""
 
     def __init__(self) -> None:
         self.told: list[tuple[str, Any]] = []
@@ -168,6 +175,7 @@ class _Early:
         self.told.append(("closed", channel))
 
     def leave(self, sub: Subscription) -> None:
+        """The client went away before its reader opened."""
         if not self.opened:
             self.gone = True
             sub.cancel()
@@ -190,21 +198,20 @@ class _Early:
                 reader.closed(what)
 
 
-def _open_live(
-    _: object, ctx: Context, request: Any, early: _Early, sub: Subscription,
-    open_reader: Callable[[], Reader],
-) -> None:
-    """The subscription is live (or ended): send the head, then what it was told."""
-    if early.gone:
-        return
+def open_early(
+    ctx: Context, who: Any, early: Early, sub: Subscription, open_reader: Callable[[], R]
+) -> R:
+    """The subscription is live (or ended): open the reader, tell it what
+    came, and hand live delivery to its group; the reader."""
     reader = open_reader()
     reader.subscription = sub
     early.open(reader)  # a ``closed`` among it ends the reader
     if ctx.tokens is not None and not reader.ended:
-        _expire_with_token(ctx, request, reader)
+        _expire_with_token(ctx, who, reader)
     _live(None, ctx, reader, sub)
-    if ctx.registry.draining and not reader.ended:  # the drain began before it opened
-        reader.end_politely()  # type: ignore[attr-defined]
+    if ctx.registry.draining and not reader.ended and hasattr(reader, "end_politely"):
+        reader.end_politely()  # the drain began before it opened: told the others only
+    return reader
 
 
 def _expire_with_token(ctx: Context, who: object, reader: Reader) -> None:
