@@ -12,12 +12,16 @@ at once, and the hand-over to the group waits for the subscription's
 ``when_live``. Live messages published meanwhile wait in the subscription,
 so nothing is lost or doubled at the seam.
 
-A stream's status line and headers are its answer: a client that has them
-may tell someone to publish and expects the message. So a stream is opened
-(:func:`subscribe` with ``answer_when_live``) only once its subscription is
-made, i.e. live: before that, a Redis node that did not follow the channel
-does not know where the channel is, and a message published on another
-node in that instant would be before a position read after it.
+A stream's status line and headers are its answer (for
+``/channels/{ch}/ws``, the 101): a client that has them may have a message
+published at once, on any node, and expects it. So these subscribe first,
+with an :class:`Early` subscriber, and open their reader (send the answer)
+only once the subscription is made, i.e. live (:func:`answer_when_live`,
+:func:`subscribe_early`, :func:`open_early`): before that, a Redis node that
+did not follow the channel does not know where the channel is, and a message
+published on another node in that instant would be before a position read
+after it. The memory broker, and a Redis node that follows the channel, are
+live at once: nothing waits.
 """
 
 from __future__ import annotations
