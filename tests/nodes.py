@@ -65,15 +65,10 @@ class Node:
         return self
 
     async def connected(self) -> None:
-        """Fires once both Redis links have said ``connected`` since the last ``mark``."""
+        """Fires once both Redis links of this start have said ``connected``."""
         assert self.child is not None
         await self.child.wait_for(CONNECTED % b"commands")
         await self.child.wait_for(CONNECTED % b"pub/sub")
-
-    def mark(self) -> None:
-        """Forget the output so far: later waits match only what comes after."""
-        assert self.child is not None
-        self.child.output = b""
 
     def signal(self, name: str) -> None:
         self.process.signalProcess(name)
@@ -89,12 +84,11 @@ class Node:
         if self.child is not None and not self.child.exited.called:
             self.signal("KILL")
 
-    def log(self) -> str:
-        return self.child.log() if self.child is not None else ""
-
-
-def start_nodes(tmp_path: Path, redis: RedisServer, n: int) -> list[Node]:
-    return [Node(tmp_path, redis, f"node{i}") for i in range(n)]
+    def warnings(self, n: int = 10) -> list[str]:
+        """The last ``n`` warnings and errors of its current run, for a failure's message."""
+        text = self.child.output.decode(errors="replace") if self.child is not None else ""
+        lines = [line for line in text.splitlines() if "#warn]" in line or "#error]" in line]
+        return [f"{self.name}: {line}" for line in lines[-n:]]
 
 
 # -- a keep-alive HTTP client --------------------------------------------------------

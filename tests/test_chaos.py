@@ -529,6 +529,7 @@ async def test_chaos_loses_nothing_acknowledged(tmp_path: Path, chaos_redis: Red
         problems += [f"{sub}: {p}" for p in sub.problems + oracle.check(sub, seeds[sub.channel])]
     summary = [
         f"seed {seed_value}; epochs {oracle.epochs}",
+        *(line for node in nodes for line in node.warnings()),
         f"acknowledged {oracle.count}, unsure {sum(len(u) for u in oracle.unsure.values())}",
         *log,
         *(f"{s}: {sum(k == 'message' for k, _, _ in s.events)} messages, "
