@@ -147,11 +147,17 @@ def dechunk(body: bytes) -> tuple[list[bytes], bool]:
     return chunks, False
 
 
-def subscribed(broker: Any, channel: str, n: int = 1, timeout: float = TIMEOUT) -> Deferred[None]:
+def subscribed(
+    broker: Any, channel: str, n: int = 1, timeout: float = TIMEOUT, inside: bool = False
+) -> Deferred[None]:
     """Fires once ``channel`` has ``n`` subscribers on ``broker``.
 
     It wraps the broker's ``subscribe`` for the wait, so it fires on the event
-    itself: the moment a request has reached the hub.
+    itself: once the subscription that makes ``n`` is live and the turn that
+    made it is over (a stream opens its reader, sending its head, only once
+    its subscription is live: pushd.web.access.answer_when_live). With
+    ``inside``, at once inside the broker's ``subscribe`` call: before any
+    replay, and before a stream's reader opens.
     """
     d: Deferred[None] = Deferred()
     if broker.subscribers(channel) >= n:
@@ -164,7 +170,12 @@ def subscribed(broker: Any, channel: str, n: int = 1, timeout: float = TIMEOUT) 
         if not d.called and broker.subscribers(channel) >= n:
             if broker.subscribe is watching:
                 del broker.subscribe
-            d.callback(None)
+            if inside:
+                d.callback(None)
+            else:
+                sub.when_live().addCallback(
+                    lambda _: reactor.callLater(0, lambda: d.called or d.callback(None))
+                )
         return sub
 
     broker.subscribe = watching

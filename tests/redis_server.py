@@ -47,12 +47,18 @@ class RedisServer:
         """A Twisted client endpoint string for this server."""
         return f"tcp:host=127.0.0.1:port={self.port}"
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start it and return once it accepts connections (it says so on stdout)."""
+    def start(self, timeout: float = 10.0, persist: bool = False) -> None:
+        """Start it and return once it accepts connections (it says so on stdout).
+
+        ``persist``: with an append-only file fsynced on every write, loaded
+        when it starts again with ``persist`` (without, it starts empty)."""
         assert self.process is None, "already running"
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if persist else [
+            "--appendonly", "no"
+        ]
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no",
+             "--save", "", *aof, "--daemonize", "no",
              "--dir", str(self.workdir)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )

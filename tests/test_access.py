@@ -10,12 +10,18 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet import error, reactor
+from twisted.internet.defer import Deferred
 
 from pushd.broker.memory import MemoryBroker
+from pushd.config import Settings
 from pushd.errors import PushdError
+from pushd.tap import Daemon
 from tests.clients import RawHTTP, dechunk, get_request, split_response
 from tests.clients import subscribed as until_subscribed
 from tests.helpers import parse_sse
+from tests.process import bounded
+from tests.test_ops_support import ws_frames, ws_handshake
 from tests.test_ws import connect  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.both_brokers
@@ -72,7 +78,7 @@ async def test_streams_join_their_group_once_live_and_lose_nothing_at_the_seam(
     replays on the next turn): each arrives once, in order, and the stream
     ends up in its channel's group."""
     first = await (await treq.post(running.url + "/channels/g", data=b"0")).json()
-    joined = until_subscribed(running.broker, "g")
+    joined = until_subscribed(running.broker, "g", inside=True)
     raw = await RawHTTP.open(
         running.port, get_request(f"/channels/g/events?since={first['id']}")
     )
@@ -116,3 +122,108 @@ async def test_every_client_publish_passes_the_hook_and_a_refusal_stores_nothing
     ok = await treq.post(running.url + "/channels/open", data=b"y")
     assert ok.code == 201
     await ok.content()
+
+
+class HeldBroker(MemoryBroker):
+    """A memory broker whose live-only subscriptions start when the test says,
+    from where the channel is *then*: what a Redis node does when it does not
+    follow a channel yet (it reads the channel's position from Redis, later)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.held: Deferred[Any] = Deferred()
+
+    def _replay(self, sub: Any, since: str | None, now: int) -> None:
+        def release() -> None:
+            ch = self._channels.get(sub.channel)
+            MemoryBroker._replay(self, sub, since, ch.last_seq if ch is not None else 0)
+
+        self.held.callback(release)
+
+
+@pytest.mark.parametrize(
+    ("path", "framing"),
+    [("events", b"data: %s\n"), ("stream", b'"data":"%s"')],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_stream_is_answered_only_once_its_subscription_is_made(
+    path: str, framing: bytes
+) -> None:
+    """DESIGN "The transports": a stream's status line and headers go out as
+    soon as the subscription is made, before any message. A client that has
+    them may have a message published elsewhere at once and must get it; so
+    while the broker has not fixed where the subscription starts, nothing is
+    answered. Here a message is published while the subscription is held: it
+    is before the answer, and the first message after the answer arrives."""
+    settings = Settings()
+    settings.listen = ["tcp:0:interface=127.0.0.1"]
+    settings.sources = []
+    daemon = Daemon(settings, reactor, broker_class=HeldBroker)
+    daemon.startService()
+    try:
+        port = daemon.listeners[0].port.getHost().port  # type: ignore[union-attr]
+        raw = await RawHTTP.open(port, get_request(f"/channels/held/{path}"))
+        release = await bounded(daemon.broker.held)
+        assert not any(daemon.registry.connections.values())  # no stream opened yet
+        await daemon.broker.publish("held", "before")  # before the answer: not owed
+        release()
+        await bounded(raw.contains(b"\r\n\r\n"))
+        assert raw.data.startswith(b"HTTP/1.1 200")
+        after = await daemon.broker.publish("held", "after")
+        await bounded(raw.contains(framing % b"after"))
+        assert b"before" not in raw.data and after.id.encode() in raw.data
+        raw.close()
+    finally:
+        await daemon.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_that_goes_live_during_a_drain_ends_politely() -> None:
+    """A drain tells every open stream goodbye; one still waiting for its
+    subscription then (so not yet open) is told as soon as it opens: it ends
+    with its last chunk, and the client returns elsewhere with its cursor,
+    rather than being held until the drain's timeout cuts it."""
+    settings = Settings()
+    settings.listen = ["tcp:0:interface=127.0.0.1"]
+    settings.sources = []
+    settings.drain.timeout = 30
+    daemon = Daemon(settings, reactor, broker_class=HeldBroker)
+    daemon.startService()
+    port = daemon.listeners[0].port.getHost().port  # type: ignore[union-attr]
+    raw = await RawHTTP.open(port, get_request("/channels/held/events"))
+    release = await bounded(daemon.broker.held)
+    stopped = daemon.stopService()
+    with pytest.raises(error.ConnectionRefusedError):  # the drain told the open streams
+        await RawHTTP.open(port, b"")
+    release()
+    await bounded(raw.until(lambda _: raw.ended), 5)
+    assert raw.data.startswith(b"HTTP/1.1 200") and raw.data.endswith(b"\r\n0\r\n\r\n")
+    await bounded(stopped)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_channel_websocket_is_answered_only_once_its_subscription_is_made() -> None:
+    """``/channels/{ch}/ws`` is subscribed on open: its 101 is its answer, so
+    it goes out once the subscription is made, as a stream's head does."""
+    settings = Settings()
+    settings.listen = ["tcp:0:interface=127.0.0.1"]
+    settings.sources = []
+    daemon = Daemon(settings, reactor, broker_class=HeldBroker)
+    daemon.startService()
+    try:
+        port = daemon.listeners[0].port.getHost().port  # type: ignore[union-attr]
+        raw = await RawHTTP.open(port, ws_handshake("/channels/held/ws"))
+        release = await bounded(daemon.broker.held)
+        assert daemon.broker.subscribers("held") == 1
+        assert not any(daemon.registry.connections.values())  # not open yet
+        await daemon.broker.publish("held", "before")  # before the answer: not owed
+        release()
+        await bounded(raw.contains(b"\r\n\r\n"))
+        assert raw.data.startswith(b"HTTP/1.1 101")
+        after = await daemon.broker.publish("held", "after")
+        await bounded(raw.until(lambda d: any(b'"after"' in p for _, p in ws_frames(d))))
+        frames = [json.loads(p) for _, p in ws_frames(raw.data)]
+        assert [(f["id"], f["data"]) for f in frames] == [(after.id, "after")]
+        raw.close()
+    finally:
+        await daemon.stopService()

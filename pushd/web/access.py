@@ -3,14 +3,25 @@
 Poll, long-poll, NDJSON stream, SSE and WebSocket subscriptions all pass
 here, in the same order: the channel name is checked, the authorization hook
 is asked (before a stream has sent a byte, so a refusal is still a plain
-JSON error), the reader is opened (a stream sends its status line and
-headers then), the broker subscribes it (replay or ``reset``, then live),
-and once live it joins its channel's fan-out group, if it has one.
+JSON error), the reader is opened, the broker subscribes it (replay or
+``reset``, then live), and once live it joins its channel's fan-out group,
+if it has one.
 
 The broker may answer later (Redis will): ``subscribe`` returns the reader
 at once, and the hand-over to the group waits for the subscription's
 ``when_live``. Live messages published meanwhile wait in the subscription,
 so nothing is lost or doubled at the seam.
+
+A stream's status line and headers are its answer (for
+``/channels/{ch}/ws``, the 101): a client that has them may have a message
+published at once, on any node, and expects it. So these subscribe first,
+with an :class:`Early` subscriber, and open their reader (send the answer)
+only once the subscription is made, i.e. live (:func:`answer_when_live`,
+:func:`subscribe_early`, :func:`open_early`): before that, a Redis node that
+did not follow the channel does not know where the channel is, and a message
+published on another node in that instant would be before a position read
+after it. The memory broker, and a Redis node that follows the channel, are
+live at once: nothing waits.
 """
 
 from __future__ import annotations
@@ -130,6 +141,93 @@ def subscribe(
     if ctx.tokens is not None:
         _expire_with_token(ctx, who, reader)
     then(sub.when_live(), _live, ctx, reader, sub)
+    return reader
+
+
+def answer_when_live(
+    ctx: Context, request: Any, channel: str, since: str | None, open_reader: Callable[[], R]
+) -> None:
+    """A stream: subscribe first, open the reader (send the head) once live.
+
+    Raises a PushdError, as :func:`subscribe` does, before anything is
+    subscribed. With a broker that answers at once (memory, or a Redis node
+    already following the channel) the reader opens now; otherwise a client
+    that leaves before then is unsubscribed.
+    """
+    early, sub = subscribe_early(ctx, request, channel, since)
+    live = sub.when_live()
+    if not live.called:
+        request.notifyFinish().addErrback(lambda _: early.leave(sub))
+    then(live, lambda _: early.gone or open_early(ctx, request, early, sub, open_reader))
+
+
+def subscribe_early(
+    ctx: Context, who: object, channel: str, since: str | None
+) -> tuple[Early, Subscription]:
+    """Subscribe before there is a reader (see :class:`Early`); the reader
+    opens with :func:`open_early` once the subscription is live."""
+    allow(ctx, who, "subscribe", channel)
+    early = Early()
+    return early, ctx.broker.subscribe(channel, early, since or None)
+
+
+class Early:
+    """A subscriber until its reader opens: keeps what it is told (a replay,
+    a ``reset``, a ``closed``), then hands it over and steps aside (the
+    reader's own methods take its place, so the hub calls the reader
+    directly from then on)."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, Any]] = []
+        self.gone = False  # the client left before the reader opened
+        self.opened = False
+
+    def deliver(self, message: Message) -> None:
+        self.told.append(("deliver", message))
+
+    def reset(self, channel: str, cursor: str | None) -> None:
+        self.told.append(("reset", (channel, cursor)))
+
+    def closed(self, channel: str) -> None:
+        self.told.append(("closed", channel))
+
+    def leave(self, sub: Subscription) -> None:
+        """The client went away before its reader opened."""
+        if not self.opened:
+            self.gone = True
+            sub.cancel()
+
+    def open(self, reader: Reader) -> None:
+        """Tell ``reader`` what came so far; from now on the hub tells it."""
+        self.opened = True
+        self.deliver = reader.deliver  # type: ignore[method-assign]
+        self.reset = reader.reset  # type: ignore[method-assign]
+        self.closed = reader.closed  # type: ignore[method-assign]
+        told, self.told = self.told, []
+        for kind, what in told:
+            if reader.ended:
+                return
+            if kind == "deliver":
+                reader.deliver(what)
+            elif kind == "reset":
+                reader.reset(*what)
+            else:
+                reader.closed(what)
+
+
+def open_early(
+    ctx: Context, who: Any, early: Early, sub: Subscription, open_reader: Callable[[], R]
+) -> R:
+    """The subscription is live (or ended): open the reader, tell it what
+    came, and hand live delivery to its group; the reader."""
+    reader = open_reader()
+    reader.subscription = sub
+    early.open(reader)  # a ``closed`` among it ends the reader
+    if ctx.tokens is not None and not reader.ended:
+        _expire_with_token(ctx, who, reader)
+    _live(None, ctx, reader, sub)
+    if ctx.registry.draining and not reader.ended and hasattr(reader, "end_politely"):
+        reader.end_politely()  # the drain began before it opened: told the others only
     return reader
 
 

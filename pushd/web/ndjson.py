@@ -83,7 +83,7 @@ def stream(
         request.setHeader(b"Content-Type", NdjsonStreamer.content_type)
         return b""
     cls = GzipStreamer if _wants_gzip(request) else NdjsonStreamer
-    access.subscribe(
+    access.answer_when_live(
         ctx, request, channel, since,
         lambda: cls(ctx, request, channel, "ndjson", heartbeat, ctx.settings.stream.max_bytes),
     )

@@ -58,5 +58,5 @@ def events(
         streamer.write(sse_retry(ctx.settings.sse.retry))
         return streamer
 
-    access.subscribe(ctx, request, channel, since, open_stream)
+    access.answer_when_live(ctx, request, channel, since, open_stream)
     return TAKEN_OVER

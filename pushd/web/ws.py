@@ -300,7 +300,33 @@ class WsProtocol(WebSocketServerProtocol):
         tokens = self.ctx.tokens
         if tokens is not None:  # keys are configured: judge the handshake's token
             self._check_handshake(tokens, request)
+        if self.url_channel is not None:
+            return self._subscribe_early(self.url_channel)
         return None
+
+    _early: tuple[access.Early, Any] | None = None  # the URL's subscription, before the open
+
+    def _subscribe_early(self, channel: str) -> Deferred[None] | None:
+        """``/channels/{ch}/ws``: its 101 is its answer, so it is sent once the
+        subscription is made (live), as a stream's head is
+        (:func:`pushd.web.access.answer_when_live`); onOpen adopts it. A
+        refused one is subscribed in onOpen instead, which answers the
+        refusal in an error frame."""
+        try:
+            early, sub = self._early = access.subscribe_early(
+                self.ctx, self, channel, self._open_since
+            )
+        except PushdError:
+            return None
+        live = sub.when_live()
+        if live.called:
+            return None
+
+        def made(_: object) -> None:
+            if early.gone:
+                raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "gone")
+
+        return live.addCallback(made)
 
     def _check_handshake(self, tokens: Tokens, request: ConnectionRequest) -> None:
         """Refuse (401/403) a bad token, or a channel URL the client may not read."""
@@ -342,7 +368,12 @@ class WsProtocol(WebSocketServerProtocol):
         self.counts = self.ctx.registry.deliveries  # per transport, bumped per delivery
         self.ctx.registry.opened(TRANSPORT, self)
         self._arm_expiry()
-        if self.url_channel is not None:
+        if self._early is not None:
+            early, sub = self._early
+            self._early = None
+            channel = sub.channel
+            access.open_early(self.ctx, self, early, sub, lambda: self._open(channel))
+        elif self.url_channel is not None:
             try:
                 self.act(Subscribe(self.url_channel, self._open_since))
             except PushdError as e:
@@ -607,6 +638,9 @@ class WsProtocol(WebSocketServerProtocol):
         if self.ended:
             return
         self.ended = True
+        if self._early is not None:  # gone during the handshake
+            self._early[0].leave(self._early[1])
+            self._early = None
         self._disarm_expiry()
         feeds, self.feeds = self.feeds, {}
         for feed in feeds.values():
