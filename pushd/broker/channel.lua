@@ -38,11 +38,17 @@ local function state(hk, sk, create)
   return fresh, 0
 end
 
--- Drop the messages older than the ttl, oldest first.
+-- Drop the messages older than the ttl, oldest first. The oldest alone is
+-- read first: on a busy channel it is almost always still fresh, and reading
+-- a batch on every publish cost more than the rest of the publish together.
 local function expire(sk)
   local cutoff = now - ttl
+  local head = redis.call('XRANGE', sk, '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][2]) >= cutoff then
+    return
+  end
   while true do
-    local head = redis.call('XRANGE', sk, '-', '+', 'COUNT', 64)
+    head = redis.call('XRANGE', sk, '-', '+', 'COUNT', 64)
     if #head == 0 then
       return
     end
