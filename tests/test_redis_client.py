@@ -13,7 +13,7 @@ from typing import Any
 import pytest_twisted
 import txredisapi
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from pushd.broker.resp import Link, RedisURL, Unavailable
@@ -197,3 +197,65 @@ async def test_link_matches_confirmations_by_channel_and_keeps_replies_in_step(
         ]
     finally:
         made.stop()
+
+
+# 5. a command Redis does not answer --------------------------------------------------------
+
+
+class _Wire:
+    """A client endpoint whose connection is a StringTransport: the test plays Redis."""
+
+    def __init__(self) -> None:
+        self.proto: Any = None
+        self.transport: Any = None
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        from twisted.internet.testing import StringTransport
+
+        self.proto = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.transport.abortConnection = self._abort  # type: ignore[method-assign]
+        self.proto.makeConnection(self.transport)
+        return succeed(self.proto)
+
+    def _abort(self) -> None:
+        from twisted.internet.error import ConnectionAborted
+        from twisted.python.failure import Failure
+
+        self.proto.connectionLost(Failure(ConnectionAborted()))
+
+    def answer(self, reply: bytes) -> None:
+        self.transport.clear()
+        self.proto.dataReceived(reply)
+
+
+def test_link_fails_a_command_unanswered_for_its_timeout_and_reconnects() -> None:
+    """Each command gets its whole ``timeout`` from when it was sent, even when
+    an older one was answered meanwhile; the late one fails every command
+    behind it (their replies would be out of step) and the link reconnects."""
+    from twisted.internet.task import Clock
+    from twisted.trial.unittest import SynchronousTestCase
+
+    clock, wire = Clock(), _Wire()
+    made = Link(clock, RedisURL("redis://127.0.0.1:1/0"), timeout=2.0, endpoint=wire)
+    made.start()
+    wire.answer(b"$15\r\nrun_id:abcdef\r\n\r\n")  # INFO server
+    assert made.up
+    t = SynchronousTestCase()
+    first = made.execute("GET", "a")
+    clock.advance(1.5)
+    second, third = made.execute("GET", "b"), made.execute("GET", "c")
+    wire.answer(b"$1\r\nA\r\n")
+    assert t.successResultOf(first) == b"A"
+    clock.advance(1.0)  # 2.5 s: the first's deadline is past, the others were sent at 1.5 s
+    assert not second.called and made.up
+    wire.answer(b"$1\r\nB\r\n")
+    assert t.successResultOf(second) == b"B"
+    clock.advance(0.99)
+    assert not third.called
+    clock.advance(0.02)  # 3.51 s: the third's 2 s are over
+    t.failureResultOf(third, Unavailable)
+    assert not made.up
+    clock.advance(0.05)  # the reconnect's backoff
+    assert wire.proto is not None and wire.transport.value().startswith(b"*2\r\n$4\r\nINFO")
+    made.stop()

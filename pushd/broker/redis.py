@@ -234,7 +234,8 @@ class RedisBroker(Service):
         sent on that connection or not at all (``wait=False``)."""
         link = self.commands
         try:
-            await link.ready()
+            if not link.up:  # up: skip a Deferred that has already fired
+                await link.ready()
             argv = [
                 op, link.run_id, self.epoch or secrets.token_hex(4), self.prefix,
                 self.size, int(self.ttl * 1000), int((self.ttl + self.keep) * 1000), *args,

@@ -86,6 +86,8 @@ class _Protocol(Protocol):
         self.link = link
         self.reader = hiredis.Reader(replyError=ReplyError)
         self.waiting: deque[Deferred[Any]] = deque()
+        self.sent: deque[float] = deque()  # when each waiting command went out
+        self.watch: IDelayedCall | None = None
         self.gone = False
 
     def connectionMade(self) -> None:
@@ -96,7 +98,26 @@ class _Protocol(Protocol):
         self.transport.write(b"".join(hiredis.pack_command(c) for c in commands))
         out = [Deferred() for _ in commands]
         self.waiting.extend(out)
+        self.sent.extend([self.link.reactor.seconds()] * len(out))
+        if self.watch is None:
+            self.watch = self.link.reactor.callLater(self.link.timeout, self._check)
         return out
+
+    def _check(self) -> None:
+        """The oldest unanswered command's deadline: one timer per connection,
+        armed again for the next oldest, rather than a timer per command (a
+        timer set and cancelled per command was a tenth of a publish's cost)."""
+        self.watch = None
+        if self.gone or not self.sent:
+            return
+        late = self.sent[0] + self.link.timeout - self.link.reactor.seconds()
+        if late > 0:
+            self.watch = self.link.reactor.callLater(late, self._check)
+            return
+        log.warn(
+            "redis {link}: no answer in {t:g}s; reconnecting", link=self.link, t=self.link.timeout
+        )
+        self.abort()  # fails every waiting command with Unavailable
 
     def dataReceived(self, data: bytes) -> None:
         reader = self.reader
@@ -112,6 +133,7 @@ class _Protocol(Protocol):
                     self.link.on_push(reply)
                 elif self.waiting:
                     d = self.waiting.popleft()
+                    self.sent.popleft()
                     if isinstance(reply, ReplyError):
                         d.errback(Failure(reply))
                     else:
@@ -127,6 +149,10 @@ class _Protocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.gone = True
+        if self.watch is not None and self.watch.active():
+            self.watch.cancel()
+        self.watch = None
+        self.sent.clear()
         self.link._lost(self)  # first: a command issued by an errback below finds it down
         waiting, self.waiting = self.waiting, deque()
         for d in waiting:
@@ -303,7 +329,7 @@ class Link:
         server's run_id)."""
         proto = self._proto
         if proto is not None and self.up and not proto.gone:
-            return [self._timed(proto, d) for d in proto.send(commands)]
+            return proto.send(commands)
         if not self._running or not wait:
             return [fail(Unavailable(f"{self.url} is not connected")) for _ in commands]
         # Down: wait for the link, at most ``timeout`` (a blip is not an outage,
@@ -348,26 +374,7 @@ class Link:
 
     def _call(self, proto: _Protocol, command: tuple[Any, ...]) -> Deferred[Any]:
         """A command during the handshake (before the link counts as up)."""
-        return self._timed(proto, proto.send([command])[0])
-
-    def _timed(self, proto: _Protocol, d: Deferred[Any]) -> Deferred[Any]:
-        def expire() -> None:
-            if d.called:
-                return
-            if proto.gone:  # cannot happen (a lost connection fails all): never hang
-                d.errback(Failure(Unavailable("no answer from Redis")))
-                return
-            log.warn("redis {link}: no answer in {t:g}s; reconnecting", link=self, t=self.timeout)
-            proto.abort()  # fails d, and every command after it, with Unavailable
-
-        timer = self.reactor.callLater(self.timeout, expire)
-
-        def settled(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        return d.addBoth(settled)
+        return proto.send([command])[0]
 
 
 async def _maybe(result: Any) -> Any:
