@@ -27,7 +27,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from pushd.errors import PushdError
 from pushd.registry import TRANSPORTS
+from pushd.web.render import error
 
 if TYPE_CHECKING:
     from pushd.tap import Daemon
@@ -215,15 +217,34 @@ class _Status(Resource):
         self.readiness = readiness
 
     def render_GET(self, request: Request) -> bytes:
-        reg = self.daemon.registry
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         if not self.readiness:
             return b'{"status":"ok"}'
-        if reg.ready:
-            return b'{"status":"ready"}'
-        request.setResponseCode(503)
-        return b'{"status":"draining"}' if reg.draining else b'{"status":"starting"}'
+        status = self.daemon.registry.readiness
+        if status != "ready":
+            request.setResponseCode(503)
+        return b'{"status":"%s"}' % status.encode()
+
+
+class _Admin(Resource):
+    """``/metrics`` on the ops listener, judged as on the main one (a loopback
+    client without a token, or a token granting ``admin``): a listener of its
+    own moves the route, it does not open it to whoever reaches that port."""
+
+    isLeaf = True
+
+    def __init__(self, daemon: Daemon, inner: Resource) -> None:
+        super().__init__()
+        self.daemon = daemon
+        self.inner = inner
+
+    def render(self, request: Request) -> Any:
+        try:
+            self.daemon.context.authorize(request, "admin", "")
+        except PushdError as e:
+            return error(request, e)
+        return self.inner.render(request)
 
 
 def ops_root(daemon: Daemon, metrics: MetricsResource) -> Resource:
@@ -234,7 +255,7 @@ def ops_root(daemon: Daemon, metrics: MetricsResource) -> Resource:
     connections fall.
     """
     root = Resource()
-    root.putChild(b"metrics", metrics)
+    root.putChild(b"metrics", _Admin(daemon, metrics))
     root.putChild(b"healthz", _Status(daemon, readiness=False))
     root.putChild(b"readyz", _Status(daemon, readiness=True))
     return root

@@ -33,6 +33,17 @@ class Registry:
         """What ``/readyz`` answers: up, not draining, and the broker's store reachable."""
         return self.started and not self.draining and self.available()
 
+    @property
+    def readiness(self) -> str:
+        """``/readyz``'s status word, the same on the main and the ops listener:
+        ``ready``, else why not (``starting``, ``draining``, ``unavailable``:
+        the broker cannot reach its store)."""
+        if self.ready:
+            return "ready"
+        if self.draining:
+            return "draining"
+        return "starting" if not self.started else "unavailable"
+
     def opened(self, transport: str, conn: object) -> None:
         self.connections[transport].add(conn)
 

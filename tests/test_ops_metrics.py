@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from pushd.config import Settings
 from tests.clients import RawHTTP, get_request, subscribed
+from tests.test_auth import FAR, Keys, assert_refusal, bearer, call
 from tests.test_ops_support import bounded, get, post, sample, scrape, ws_close_code, ws_open
 
 
@@ -120,3 +122,51 @@ async def test_metrics_on_their_own_listener_and_readyz_503_while_draining(
     await bounded(stopping, 5)
     assert daemon.reactor.seconds() - started < 5
     await bounded(ws.until(lambda _: ws.ended))
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: Any) -> Keys:
+    return Keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_on_their_own_listener_need_the_same_rights(
+    start_daemon: Any, keys: Keys
+) -> None:
+    """DESIGN: /metrics is a backend operation wherever it is served; its own
+    listener moves it, and does not open it to whoever reaches that port."""
+
+    def edit(s: Settings) -> None:
+        keys.edit(s)  # keys configured; 127.0.0.1 a trusted proxy
+        s.metrics.listen = "tcp:0:interface=127.0.0.1"
+
+    running = start_daemon(edit)
+    port = running.daemon.metrics_listener.port.getHost().port
+    ops = f"http://127.0.0.1:{port}/metrics"
+    assert (await call("GET", ops))[0] == 200  # loopback, no token
+    status, body, headers = await call("GET", ops, headers=FAR)
+    assert_refusal(status, body, headers, 401)  # elsewhere, no token
+    reader = keys.rs256(keys.claims(subscribe=["news"]))
+    status, body, headers = await call("GET", ops, headers=bearer(reader))
+    assert_refusal(status, body, headers, 403)  # a token is judged alone
+    admin = keys.rs256(keys.claims(admin=True))
+    status, text, _ = await call("GET", ops, headers={**FAR, **bearer(admin)})
+    assert status == 200 and "pushd_connections" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_says_unavailable_on_both_listeners_while_the_store_is_down(
+    start_daemon: Any,
+) -> None:
+    def edit(s: Settings) -> None:
+        s.metrics.listen = "tcp:0:interface=127.0.0.1"
+
+    running = start_daemon(edit)
+    ops = f"http://127.0.0.1:{running.daemon.metrics_listener.port.getHost().port}"
+    running.daemon.registry.available = lambda: False  # what the Redis broker reports
+    for url in (running.url, ops):
+        code, _, body = await get(f"{url}/readyz")
+        assert (code, body) == (503, b'{"status":"unavailable"}'), url
+    running.daemon.registry.available = lambda: True
+    for url in (running.url, ops):
+        assert (await get(f"{url}/readyz"))[:3:2] == (200, b'{"status":"ready"}')

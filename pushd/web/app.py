@@ -73,14 +73,8 @@ class PushdApp:
     def readyz(self, request: Request) -> bytes:
         """503 while starting, draining or without the broker's Redis, so a
         load balancer sends no one new."""
-        if self.ctx.registry.ready:
-            return json_response(request, {"status": "ready"})
-        registry = self.ctx.registry
-        status = (
-            "draining" if registry.draining else "starting" if not registry.started
-            else "unavailable"
-        )
-        return json_response(request, {"status": status}, 503)
+        status = self.ctx.registry.readiness
+        return json_response(request, {"status": status}, 200 if status == "ready" else 503)
 
     def metrics(self, request: Request) -> Any:
         """Mounted by pushd.tap (``extra_routes["metrics"]``) unless it has its own listener."""
