@@ -446,10 +446,21 @@ async def test_an_auth_frame_replaces_the_connections_token(
         assert await client.barrier() == []
         await running.broker.publish("news", "hello", "message")
         assert (await client.next())["data"] == "hello"
-        # replaced again by one that grants something else: a new subscribe is refused
+        # replaced again by one that grants something else: it is judged alone, so
+        # the channel it does not grant is unsubscribed, and a new subscribe refused
         no_exp = {k: v for k, v in keys.claims(subscribe=["sports"]).items() if k != "exp"}
         client.send({"type": "auth", "token": keys.rs256(no_exp)})
-        assert await client.barrier() == [{"type": "auth", "ok": True, "exp": None}]
+        ok, dropped = await client.barrier()
+        assert ok == {"type": "auth", "ok": True, "exp": None}
+        assert (dropped["type"], dropped["code"], dropped["channel"]) == (
+            "error", "forbidden", "news"
+        )
+        assert running.broker.subscribers("news") == 0
+        client.send({"type": "subscribe", "channel": "sports"})
+        assert await client.barrier() == []
+        await running.broker.publish("news", "gone", "message")
+        await running.broker.publish("sports", "kept", "message")
+        assert (await client.next())["data"] == "kept"  # nothing from news came first
         client.send({"type": "subscribe", "channel": "news2"})
         (forbidden,) = await client.barrier()
         assert (forbidden["code"], forbidden["channel"]) == ("forbidden", "news2")

@@ -353,6 +353,23 @@ async def test_publish_when_enabled(start_daemon: Any, connect: Any) -> None:
     assert (await running.broker.info("chat")).history == 2
 
 
+@pytest.mark.both_brokers(redis=False)  # max_channels is left to Redis's maxmemory there
+@pytest_twisted.ensureDeferred
+async def test_a_publish_the_store_refuses_names_its_channel(
+    start_daemon: Any, connect: Any
+) -> None:
+    """A client with several publishes in flight can tell which one failed."""
+    running = start_daemon(settings(websocket={"publish": True}, limits={"max_channels": 1}))
+    writer = await connect(running)
+    writer.send({"type": "publish", "channel": "first", "data": 1})
+    writer.send({"type": "publish", "channel": "second", "data": 2})
+    refused = await writer.next()  # the store may answer after a ping's pong
+    assert (refused["type"], refused["code"], refused["channel"]) == (
+        "error", "too_many_channels", "second"
+    )
+    assert await running.broker.info("second") is None
+
+
 # -- bad input --------------------------------------------------------------------
 BAD_FRAMES: list[tuple[str, bytes, str]] = [
     ("not json", b"hello", "bad_json"),

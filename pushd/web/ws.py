@@ -423,7 +423,11 @@ class WsProtocol(WebSocketServerProtocol):
 
     def authenticate(self, token: str) -> None:
         """An auth frame: a valid token replaces the connection's; a bad one
-        is an error frame and the old token stays."""
+        is an error frame and the old token stays.
+
+        The new token is judged alone, as at a subscribe: a channel it does
+        not allow to read (a renewal with fewer rights, a revoked grant) is
+        unsubscribed, with the error frame a subscribe would have had."""
         tokens = self.ctx.tokens
         exp = None
         if tokens is not None:  # with no key, tokens are not looked at
@@ -431,6 +435,13 @@ class WsProtocol(WebSocketServerProtocol):
             self.bearer = token
         self.send_json({"type": "auth", "ok": True, "exp": None if exp is None else int(exp)})
         self._arm_expiry()
+        if tokens is not None:
+            for channel in list(self.feeds):
+                try:
+                    self.ctx.authorize(self, "subscribe", channel)
+                except PushdError as e:
+                    self.feeds.pop(channel).cancel()
+                    self.send_json(error_object(e, channel))
 
     # -- the token's expiry ---------------------------------------------------
     _expiry: Any = None  # fires when the connection's token expires
@@ -511,11 +522,11 @@ class WsProtocol(WebSocketServerProtocol):
                 403, "forbidden", "publishing over WebSocket is off ([websocket] publish)"
             )
         d = access.publish(self.ctx, self, [(channel, data, event)])
-        d.addErrback(self._publish_failed)
+        d.addErrback(self._publish_failed, channel)
 
-    def _publish_failed(self, failure: Failure) -> None:
-        if failure.check(PushdError):
-            self.send_json(error_object(failure.value))
+    def _publish_failed(self, failure: Failure, channel: str) -> None:
+        if failure.check(PushdError):  # the store refused: rights were checked before
+            self.send_json(error_object(failure.value, channel))
             return
         log.failure("publishing over WebSocket failed", failure)
         self.send_json(error_object(PushdError(500, "internal", "publishing failed")))
