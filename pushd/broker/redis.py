@@ -42,7 +42,7 @@ from importlib import resources
 from typing import Any, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -227,36 +227,55 @@ class RedisBroker(Service):
         tag = f"{self.prefix}{{{channel}}}"
         return f"{tag}:k", f"{tag}:z"
 
-    async def _run(self, op: str, keys: list[str], args: list[Any]) -> Any:
+    def _run(self, op: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        """The script's reply: at once on a link that is up, else once it is
+        (at most ``timeout`` later). Failures are :class:`LimitError`
+        (``unavailable``, a 503)."""
+        if self.commands.up:
+            return self._script(op, keys, args)
+        return Deferred.fromCoroutine(self._run_when_up(op, keys, args))
+
+    async def _run_when_up(self, op: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            await self.commands.ready()
+        except Unavailable as e:
+            self._refused(Failure(e))
+        return await self._script(op, keys, args)
+
+    def _script(self, op: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
         """The script, by its hash; sent whole when Redis does not have it.
 
         It carries the run_id of the server the connection reached, so it is
-        sent on that connection or not at all (``wait=False``)."""
+        sent on that connection or not at all (``wait=False``). Callbacks, not
+        a coroutine: this is every publish's path, and a coroutine's Deferred
+        cost more than the rest of the broker's share of a publish."""
         link = self.commands
-        try:
-            if not link.up:  # up: skip a Deferred that has already fired
-                await link.ready()
-            argv = [
-                op, link.run_id, self.epoch or secrets.token_hex(4), self.prefix,
-                self.size, int(self.ttl * 1000), int((self.ttl + self.keep) * 1000), *args,
-            ]
-            try:
-                return await link.execute(
-                    "EVALSHA", SCRIPT_SHA, len(keys), *keys, *argv, wait=False
-                )
-            except ReplyError as e:
-                if not str(e).startswith("NOSCRIPT"):
-                    raise
-                return await link.execute("EVAL", SCRIPT, len(keys), *keys, *argv, wait=False)
-        except Unavailable as e:
+        argv = [
+            op, link.run_id, self.epoch or secrets.token_hex(4), self.prefix,
+            self.size, int(self.ttl * 1000), int((self.ttl + self.keep) * 1000), *args,
+        ]
+        head = (len(keys), *keys, *argv)
+
+        def unknown(f: Failure) -> Any:
+            if f.check(ReplyError) and str(f.value).startswith("NOSCRIPT"):
+                return link.execute("EVAL", SCRIPT, *head, wait=False)
+            return f
+
+        d = link.execute("EVALSHA", SCRIPT_SHA, *head, wait=False)
+        return d.addErrback(unknown).addErrback(self._refused)
+
+    def _refused(self, f: Failure) -> Any:
+        """Redis gone, or refusing the script: the caller's 503."""
+        if f.check(Unavailable):
             raise LimitError(
-                "unavailable", f"the message store is unavailable: {e}", self.retry_after
-            ) from None
-        except ReplyError as e:
-            log.error("redis: the channel script failed: {e}", e=e)
+                "unavailable", f"the message store is unavailable: {f.value}", self.retry_after
+            )
+        if f.check(ReplyError):
+            log.error("redis: the channel script failed: {e}", e=f.value)
             raise LimitError(
-                "unavailable", f"the message store refused: {e}", self.retry_after
-            ) from None
+                "unavailable", f"the message store refused: {f.value}", self.retry_after
+            )
+        return f
 
     def _message(self, name: str, epoch: str, seq: int, local: int, entry: Any) -> Message:
         """A stream entry ``[id, [b"t", time, b"m", blob]]`` as a message."""
@@ -276,8 +295,8 @@ class RedisBroker(Service):
         try:
             checked = [(check_channel(c), as_payload(d), check_event(e)) for c, d, e in items]
         except PushdError:
-            return Deferred.fromCoroutine(_failed(Failure()))
-        return Deferred.fromCoroutine(self._publish(checked))
+            return fail()
+        return self._publish(checked)
 
     def publish_keyed(
         self, items: Sequence[tuple[str, Payload | Any, str, str | None]]
@@ -288,24 +307,18 @@ class RedisBroker(Service):
             checked = [(check_channel(c), as_payload(d), check_event(e)) for c, d, e, _ in items]
             keys = [None if k is None else check_idempotency_key(k) for _, _, _, k in items]
         except PushdError:
-            return Deferred.fromCoroutine(_failed(Failure()))
-        return Deferred.fromCoroutine(self._publish_keyed(checked, keys))
+            return fail()
+        return self._publish(checked, keys).addCallback(
+            lambda out: [m if isinstance(m, Receipt) else Receipt(m.id, m.channel) for m in out]
+        )
 
-    async def _publish_keyed(
-        self, checked: list[tuple[str, Payload, str]], keys: list[str | None]
-    ) -> list[Receipt]:
-        return [
-            m if isinstance(m, Receipt) else Receipt(m.id, m.channel)
-            for m in await self._publish(checked, keys)
-        ]
-
-    async def _publish(
+    def _publish(
         self, checked: list[tuple[str, Payload, str]], keys: list[str | None] | None = None
-    ) -> list[Any]:
+    ) -> Deferred[list[Any]]:
         """Messages stored; with ``keys``, a :class:`Receipt` (replayed) for
         each item whose key had been used."""
         if not checked:
-            return []
+            return succeed([])
         names: list[str] = []
         keyed: list[str] = []  # the keyed items' key hash and zset, after the channels'
         args: list[Any] = []
@@ -318,7 +331,11 @@ class RedisBroker(Service):
                 args.extend((channel, event, b"j", payload.json, key or ""))
             else:
                 args.extend((channel, event, b"t", payload.text.encode("utf-8"), key or ""))
-        reply = await self._run("pub", names + keyed, args)
+        return self._run("pub", names + keyed, args).addCallback(self._stored, checked)
+
+    def _stored(self, reply: list[Any], checked: list[tuple[str, Payload, str]]) -> list[Any]:
+        """The script's answer to ``pub``: each item's message, delivered here
+        at once when it is the next one this node expects."""
         out: list[Any] = []
         published = 0
         for i, (channel, payload, event) in enumerate(checked):
@@ -348,7 +365,7 @@ class RedisBroker(Service):
         try:
             check_channel(channel)
         except PushdError:
-            return Deferred.fromCoroutine(_failed(Failure()))
+            return fail()
         return Deferred.fromCoroutine(self._read(channel, since, limit))
 
     async def _read(self, channel: str, since: str | None, limit: int) -> Page:
@@ -390,7 +407,7 @@ class RedisBroker(Service):
         try:
             check_channel(channel)
         except PushdError:
-            return Deferred.fromCoroutine(_failed(Failure()))
+            return fail()
         return Deferred.fromCoroutine(self._info(channel))
 
     async def _info(self, channel: str) -> ChannelInfo | None:
@@ -410,7 +427,7 @@ class RedisBroker(Service):
         try:
             check_channel(channel)
         except PushdError:
-            return Deferred.fromCoroutine(_failed(Failure()))
+            return fail()
         return Deferred.fromCoroutine(self._delete(channel))
 
     async def _delete(self, channel: str) -> int | None:
@@ -759,7 +776,3 @@ def _honoured(
     if seq > last:
         return False
     return seq == last or (length > 0 and seq >= first - 1)
-
-
-async def _failed(failure: Failure) -> Any:
-    failure.raiseException()
