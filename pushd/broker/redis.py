@@ -247,8 +247,7 @@ class RedisBroker(Service):
 
         It carries the run_id of the server the connection reached, so it is
         sent on that connection or not at all (``wait=False``). Callbacks, not
-        a coroutine: this is every publish's path, and a coroutine's Deferred
-        cost more than the rest of the broker's share of a publish."""
+        a coroutine: this is every publish's path (1.5% of its instructions)."""
         link = self.commands
         argv = [
             op, link.run_id, self.epoch or secrets.token_hex(4), self.prefix,

@@ -105,8 +105,9 @@ class _Protocol(Protocol):
 
     def _check(self) -> None:
         """The oldest unanswered command's deadline: one timer per connection,
-        armed again for the next oldest, rather than a timer per command (a
-        timer set and cancelled per command was a tenth of a publish's cost)."""
+        armed again for the next oldest, rather than a timer set and cancelled
+        per command (with it went about a tenth of pushd's CPU per publish
+        through Redis, in interleaved timed runs)."""
         self.watch = None
         if self.gone or not self.sent:
             return
