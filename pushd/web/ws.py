@@ -440,7 +440,7 @@ class WsProtocol(WebSocketServerProtocol):
                 try:
                     self.ctx.authorize(self, "subscribe", channel)
                 except PushdError as e:
-                    self.feeds.pop(channel).cancel()
+                    self.unsubscribe(channel)
                     self.send_json(error_object(e, channel))
 
     # -- the token's expiry ---------------------------------------------------
